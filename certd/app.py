@@ -1,0 +1,131 @@
+"""The one place that builds and wires everything, and the daemon's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import aiohttp
+from aiohttp import web
+
+from certd import __version__, responder
+from certd.config import Config, split_listen
+from certd.errors import CertdError
+from certd.issuance.client import AcmeClient
+from certd.issuance.issuer import Issuer
+from certd.service import Certd, build_deployers
+from certd.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+# How often the daemon looks for work until the scheduler (renewal issue) takes over.
+SWEEP_INTERVAL = timedelta(seconds=30)
+
+
+@contextlib.asynccontextmanager
+async def open_certd(config: Config) -> AsyncIterator[Certd]:
+    """Build store, ACME client, issuer and deployers; close them all on exit."""
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = SqliteStore(config.database_path)
+    await store.open()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
+    certd = None
+    try:
+        acme = config.acme
+        client = AcmeClient(
+            acme.directory, session,
+            ca_bundle=str(acme.ca_bundle) if acme.ca_bundle else None,
+            timeout=acme.timeout.total_seconds(),
+        )
+        issuer = Issuer(
+            client, store, email=acme.email,
+            eab=(acme.eab.kid, acme.eab.hmac_key) if acme.eab else None,
+            challenge_ttl=config.challenge.ttl, order_timeout=acme.order_timeout,
+        )
+        certd = Certd(config, store, issuer, build_deployers(config))
+        yield certd
+    finally:
+        if certd is not None:
+            await certd.close()
+        await session.close()
+        await store.close()
+
+
+async def start_site(app: web.Application, listen: str, what: str) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_listen(listen)
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(f"{what}: cannot listen on {listen}: {exc.strerror or exc}",
+                          in_use=exc.errno == errno.EADDRINUSE) from None
+    log.info("%s listening on %s", what, listen)
+    return runner
+
+
+class ListenError(CertdError):
+    def __init__(self, message: str, *, in_use: bool):
+        self.in_use = in_use
+        super().__init__(message)
+
+
+def api_app(certd: Certd) -> web.Application:
+    """The API listener. The REST issue fills it; for now it says whether certd is alive."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    app = web.Application(client_max_size=64 * 1024)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def challenge_listener(config: Config, certd: Certd, *, shared: bool = False
+                             ) -> AsyncIterator[web.AppRunner | None]:
+    """Serve challenges for the life of the block. With `shared`, an address already in use
+    is taken to be a running daemon reading the same store (the CLI's case): yields None."""
+    try:
+        runner = await start_site(responder.build_app(certd.store), config.challenge.listen,
+                                  "challenge responder")
+    except ListenError as exc:
+        if not (shared and exc.in_use):
+            raise
+        log.info("challenge responder: %s is in use; relying on the running daemon",
+                 config.challenge.listen)
+        yield None
+        return
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+async def run_daemon(config: Config, stop: asyncio.Event,
+                     sweep_interval: timedelta = SWEEP_INTERVAL) -> None:
+    """Listeners first (challenges must be answerable before any order), then sweeps until
+    `stop` is set. A failing CA or node is logged and retried; it never ends the daemon."""
+    async with open_certd(config) as certd, challenge_listener(config, certd):
+        api = await start_site(api_app(certd), config.api.listen, "api")
+        sweeps = asyncio.create_task(_sweep_forever(certd, sweep_interval))
+        try:
+            await stop.wait()
+            log.info("certd stopping")
+        finally:
+            sweeps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeps
+            await api.cleanup()
+    log.info("certd stopped")
+
+
+async def _sweep_forever(certd: Certd, interval: timedelta) -> None:
+    while True:
+        await certd.sweep()
+        await asyncio.sleep(interval.total_seconds())

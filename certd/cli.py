@@ -1,0 +1,208 @@
+"""Command line: argument parsing and printing only; the work lives in service/app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from certd import __version__, config as configuration
+from certd.app import challenge_listener, open_certd, run_daemon
+from certd.config import Config
+from certd.errors import CertdError, ConfigError
+from certd.model import utcnow
+from certd.renewal import renewal_time
+
+log = logging.getLogger("certd")
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        cfg = configuration.load(args.config)
+    except ConfigError as exc:
+        print(f"certd: invalid config {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(args.log_level or cfg.log_level)
+    try:
+        return args.func(cfg, args)
+    except CertdError as exc:
+        print(f"certd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="certd", description=__doc__)
+    p.add_argument("--version", action="version", version=f"certd {__version__}")
+    p.add_argument("-c", "--config", type=Path, default=None,
+                   help="config file (default: $CERTD_CONFIG, then /etc/certd/config.yaml)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("run", help="run the daemon")
+    c.set_defaults(func=cmd_run)
+    c = sub.add_parser("check-config", help="validate the config and print a summary")
+    c.set_defaults(func=cmd_check_config)
+    c = sub.add_parser("status", help="one row per certificate")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_status)
+    c = sub.add_parser("renew", help="issue or renew now, then deploy")
+    c.add_argument("names", nargs="+", metavar="NAME")
+    c.add_argument("--force", action="store_true", help="order even if the current one is good")
+    c.set_defaults(func=cmd_renew)
+    c = sub.add_parser("deploy", help="push the stored certificate to every node")
+    c.add_argument("names", nargs="+", metavar="NAME")
+    c.set_defaults(func=cmd_deploy)
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+
+
+def _check_names(cfg: Config, names: list[str]) -> None:
+    known = {c.name for c in cfg.certificates}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise CertdError(f"unknown certificate {', '.join(unknown)} "
+                         f"(configured: {', '.join(sorted(known)) or 'none'})")
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("certd %s starting (%d certificates, store %s)", __version__,
+                 len(cfg.certificates), cfg.database_path)
+        await run_daemon(cfg, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
+    print(f"config OK: {args.config or configuration.default_path()}")
+    print(f"  state_dir: {cfg.state_dir} (store {cfg.database_path})")
+    print(f"  acme: {cfg.acme.directory} key_type={cfg.acme.key_type}")
+    print(f"  challenge listener: {cfg.challenge.listen}; api: {cfg.api.listen}")
+    for name, fe in cfg.frontends.items():
+        nodes = ", ".join(f"{n.name}={n.address}" for n in fe.nodes)
+        print(f"  frontend {name}: {fe.deployer.type} deployer, nodes {nodes}")
+    for cert in cfg.certificates:
+        print(f"  certificate {cert.name}: {', '.join(cert.domains)} -> "
+              f"{', '.join(cert.frontends) or '(no frontends)'}")
+    return 0
+
+
+async def _status_rows(cfg: Config) -> list[dict]:
+    rows = []
+    now = utcnow()
+    async with open_certd(cfg) as certd:
+        for spec in certd.specs():
+            cert = await certd.store.current_certificate(spec.name)
+            state = await certd.store.get_state(spec.name)
+            deps = await certd.store.deployments(spec.name)
+            rows.append({
+                "name": spec.name,
+                "domains": list(spec.domains),
+                "status": state.status.value if state else "pending",
+                "serial": cert.serial if cert else None,
+                "not_after": cert.not_after.isoformat() if cert else None,
+                "days_left": round((cert.not_after - now).total_seconds() / 86400, 1)
+                if cert else None,
+                "renewal_at": renewal_time(cert).isoformat() if cert else None,
+                "deployed_nodes": sorted(
+                    f"{d.frontend}/{d.node}" for d in deps
+                    if cert and d.serial == cert.serial and d.status.value == "deployed"
+                ),
+                "last_error": state.last_error if state else None,
+                "attempts": state.attempts if state else 0,
+                "next_attempt_at": state.next_attempt_at.isoformat()
+                if state and state.next_attempt_at else None,
+            })
+    return rows
+
+
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    rows = asyncio.run(_status_rows(cfg))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("NAME", "STATUS", "SERIAL", "NOT AFTER", "DAYS", "DEPLOYED", "DOMAINS")
+    table = [header] + [
+        (r["name"], r["status"], (r["serial"] or "-")[:16], (r["not_after"] or "-")[:19],
+         "-" if r["days_left"] is None else f"{r['days_left']:.1f}",
+         ",".join(r["deployed_nodes"]) or "-", ",".join(r["domains"]))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in rows:
+        if r["last_error"]:
+            print(f"{r['name']}: last error: {r['last_error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_renew(cfg: Config, args: argparse.Namespace) -> int:
+    _check_names(cfg, args.names)
+
+    async def main() -> int:
+        failed = 0
+        async with open_certd(cfg) as certd, challenge_listener(cfg, certd, shared=True):
+            for name in args.names:
+                try:
+                    cert = await certd.renew(name, force=args.force)
+                except CertdError as exc:
+                    print(f"{name}: failed: {exc}", file=sys.stderr)
+                    failed += 1
+                    continue
+                if cert is None:
+                    print(f"{name}: another certd is issuing it right now")
+                    continue
+                print(f"{name}: serial {cert.serial}, valid until {cert.not_after.isoformat()}")
+                failed += _print_deploy(name, await certd.deploy(name))
+        return EXIT_FAILED if failed else 0
+
+    return asyncio.run(main())
+
+
+def cmd_deploy(cfg: Config, args: argparse.Namespace) -> int:
+    _check_names(cfg, args.names)
+
+    async def main() -> int:
+        failed = 0
+        async with open_certd(cfg) as certd:
+            for name in args.names:
+                failed += _print_deploy(name, await certd.deploy(name))
+        return EXIT_FAILED if failed else 0
+
+    return asyncio.run(main())
+
+
+def _print_deploy(name: str, results) -> int:
+    failed = 0
+    for r in results:
+        print(f"{name}: {r.target.frontend}/{r.target.node}: "
+              f"{'ok' if r.ok else 'FAILED'}: {r.message}")
+        failed += not r.ok
+    return 1 if failed else 0

@@ -1,0 +1,312 @@
+"""YAML -> typed, validated configuration. Every error names its key path.
+
+Knows nothing of I/O beyond reading the one file, and nothing of aiohttp.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from certd import names
+from certd.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/certd/config.yaml")
+TEMPLATE_FIELDS = frozenset({"node", "address", "certificate"})
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([dhms])\s*$")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'30d', '6h', '90m', '45s' (or a number of seconds) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30d, 6h, 90m or 45s")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 30d, 6h, 90m or 45s, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _check_template(value: str) -> str:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc}") from None
+    unknown = fields - TEMPLATE_FIELDS
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder {{{sorted(unknown)[0]}}}; allowed: "
+            + ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
+        )
+    return value
+
+
+Template = Annotated[str, AfterValidator(_check_template)]
+
+
+def _check_slug(value: str) -> str:
+    if not _SLUG.match(value):
+        raise ValueError(
+            "must be 1-63 characters of lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+Slug = Annotated[str, AfterValidator(_check_slug)]
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+Listen = Annotated[str, AfterValidator(_check_listen)]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Eab(_Model):
+    kid: str = Field(min_length=1)
+    hmac_key: str = Field(min_length=1, repr=False)
+
+
+class AcmeConfig(_Model):
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    email: str | None = None
+    ca_bundle: Path | None = None
+    key_type: Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"] = "ec-p256"
+    eab: Eab | None = None
+    timeout: Duration = timedelta(seconds=30)  # one HTTP request to the CA
+    order_timeout: Duration = timedelta(minutes=5)  # whole order, validation included
+
+    @field_validator("directory")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[^@\s:]+@[^@\s:]+\.[^@\s:]+$", v):
+            raise ValueError(f"not an e-mail address: {v!r}")
+        return v
+
+
+class ChallengeConfig(_Model):
+    listen: Listen = "127.0.0.1:8402"
+    ttl: Duration = timedelta(hours=1)  # a published key authorization is dropped after this
+
+
+class ApiConfig(_Model):
+    listen: Listen = "127.0.0.1:8403"
+    tokens_file: Path = Path("/etc/certd/api-tokens")
+
+
+class NodeConfig(_Model):
+    name: Slug
+    address: str = Field(min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", v):
+            raise ValueError(f"not a host name or IP address: {v!r}")
+        return v
+
+
+class FileDeployerConfig(_Model):
+    type: Literal["file"]
+    path: Template = Field(min_length=1)
+
+
+DeployerConfig = FileDeployerConfig  # becomes a discriminated union on `type` with ssh / salt
+
+
+class FrontendConfig(_Model):
+    tls_port: int = Field(default=443, gt=0, lt=65536)
+    nodes: list[NodeConfig] = Field(min_length=1)
+    deployer: DeployerConfig
+    check: Template | None = None
+    reload: Template | None = None
+    command_timeout: Duration = timedelta(seconds=60)
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique(cls, v: list[NodeConfig]) -> list[NodeConfig]:
+        seen: set[str] = set()
+        for node in v:
+            if node.name in seen:
+                raise ValueError(f"node name {node.name!r} appears twice")
+            seen.add(node.name)
+        return v
+
+
+def _domain(value: str) -> str:
+    try:
+        return names.normalise(value)
+    except names.NameRejected as exc:
+        raise ValueError(f"{value!r}: {exc}") from None
+
+
+class CertificateConfig(_Model):
+    name: Slug
+    domains: list[Annotated[str, AfterValidator(_domain)]] = Field(min_length=1, max_length=100)
+    frontends: list[str] = Field(default_factory=list)
+    key_type: Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"] | None = None
+
+    @field_validator("domains")
+    @classmethod
+    def _dedupe(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+class Config(_Model):
+    state_dir: Path = Path("/var/lib/certd")
+    storage: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    acme: AcmeConfig = AcmeConfig()
+    challenge: ChallengeConfig = ChallengeConfig()
+    api: ApiConfig = ApiConfig()
+    frontends: dict[Slug, FrontendConfig] = Field(default_factory=dict)
+    certificates: list[CertificateConfig] = Field(default_factory=list)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("sqlite:///"):
+            raise ValueError("only sqlite:///PATH is supported in this version")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Config:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for i, cert in enumerate(self.certificates):
+            if cert.name in seen:
+                problems.append(f"certificates[{i}].name: {cert.name!r} appears twice")
+            seen.add(cert.name)
+            for j, group in enumerate(cert.frontends):
+                if group not in self.frontends:
+                    known = ", ".join(sorted(self.frontends)) or "none defined"
+                    problems.append(
+                        f"certificates[{i}].frontends[{j}]: unknown frontend {group!r} ({known})"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def database_path(self) -> Path:
+        if self.storage:
+            return Path(self.storage[len("sqlite:///"):])
+        return self.state_dir / "certd.db"
+
+    def certificate(self, name: str) -> CertificateConfig:
+        for cert in self.certificates:
+            if cert.name == name:
+                return cert
+        raise KeyError(name)
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        where = format_loc(loc)
+        # model-level errors carry their own paths, one per line
+        for line in msg.splitlines():
+            problems.append(f"{where}: {line}" if where else line)
+    return problems
+
+
+def parse(data: Any, source: str = "<config>") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["top level: expected a mapping of keys"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc)) from None
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("CERTD_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: Path | None = None) -> Config:
+    path = path or default_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"{where}invalid YAML: {problem}"]) from None
+    return parse(data, str(path))
+
+
+def render(template: str, *, node: str, address: str, certificate: str) -> str:
+    return template.format(node=node, address=address, certificate=certificate)

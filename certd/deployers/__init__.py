@@ -1,0 +1,15 @@
+"""Deployers: one Protocol, one implementation per `deployer.type`."""
+
+from certd.config import DeployerConfig, FileDeployerConfig
+from certd.deployers.base import Deployer, DeployResult, Target, file_set
+from certd.deployers.file import FileDeployer
+
+
+def build(config: DeployerConfig) -> Deployer:
+    """The registry: one branch per config model of the discriminated union."""
+    if isinstance(config, FileDeployerConfig):
+        return FileDeployer(config)
+    raise TypeError(f"no deployer for {type(config).__name__}")
+
+
+__all__ = ["Deployer", "DeployResult", "Target", "build", "file_set"]

@@ -1,0 +1,88 @@
+"""The Deployer Protocol and what every deployer shares: the file set and the targets.
+
+Deployed layout, per certificate, on every node (a contract operators configure against):
+
+    <path>/fullchain.pem   leaf + intermediates
+    <path>/privkey.pem     private key, 0600
+    <path>/cert.pem        leaf
+    <path>/chain.pem       intermediates
+    <path>/combined.pem    key + full chain (HAProxy), 0600
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from certd.config import render
+from certd.model import IssuedCertificate
+
+
+@dataclass(frozen=True)
+class PemFile:
+    name: str
+    content: str = field(repr=False)
+    mode: int
+
+
+def file_set(cert: IssuedCertificate) -> list[PemFile]:
+    """The five files of the deployed layout, key files 0600."""
+    return [
+        PemFile("fullchain.pem", cert.fullchain_pem, 0o644),
+        PemFile("privkey.pem", cert.key_pem, 0o600),
+        PemFile("cert.pem", cert.cert_pem, 0o644),
+        PemFile("chain.pem", cert.chain_pem, 0o644),
+        PemFile("combined.pem", cert.key_pem + cert.fullchain_pem, 0o600),
+    ]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One node of one frontend group, for one certificate, with its templates rendered."""
+
+    frontend: str
+    node: str
+    address: str
+    certificate: str
+    path: str
+    check: str | None
+    reload: str | None
+    timeout: float
+
+    @classmethod
+    def render(cls, *, frontend: str, node: str, address: str, certificate: str,
+               path: str, check: str | None, reload: str | None, timeout: float) -> Target:
+        values = {"node": node, "address": address, "certificate": certificate}
+        return cls(
+            frontend=frontend, node=node, address=address, certificate=certificate,
+            path=render(path, **values),
+            check=render(check, **values) if check else None,
+            reload=render(reload, **values) if reload else None,
+            timeout=timeout,
+        )
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What happened on one node. `output` holds the commands' captured output."""
+
+    target: Target
+    ok: bool
+    message: str
+    rolled_back: bool = False
+    output: str = ""
+
+
+class Deployer(Protocol):
+    """Places certificates on nodes and reloads them.
+
+    - `deploy` is idempotent: deploying the same certificate twice leaves the same files.
+    - It never raises for a node-level failure: it returns DeployResult(ok=False) after
+      restoring the node's previous files (rolled_back=True) where there were some.
+    - Files are placed atomically: a reader sees the old complete set or the new one.
+    - Safe to call concurrently for different targets; callers serialise per target.
+    """
+
+    async def deploy(self, target: Target, cert: IssuedCertificate) -> DeployResult: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,60 @@
+"""The one error tree. Errors carry data; messages start with the component and name the object."""
+
+from __future__ import annotations
+
+
+class CertdError(Exception):
+    """Base of every error certd raises on purpose."""
+
+
+class ConfigError(CertdError):
+    """The configuration is invalid. `problems` holds one line per bad key: 'key.path: reason'."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"config {source}: " + "; ".join(problems))
+
+
+class StoreError(CertdError):
+    """The store failed or holds data it cannot read."""
+
+
+class AcmeError(CertdError):
+    """The CA refused or failed a request.
+
+    `type` is the RFC 8555 problem type (e.g. 'urn:ietf:params:acme:error:rateLimited'), or a
+    certd-specific 'certd:...' string for transport failures; `retry_after` is in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str = "certd:acme",
+        detail: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+        transient: bool = False,
+    ):
+        self.type = type
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+        self.transient = transient
+        super().__init__(message)
+
+    @property
+    def code(self) -> str:
+        """The short problem code: 'badNonce', 'rateLimited', ... ('' when unknown)."""
+        prefix = "urn:ietf:params:acme:error:"
+        return self.type[len(prefix):] if self.type.startswith(prefix) else ""
+
+
+class DeployError(CertdError):
+    """Placing, reloading or verifying a certificate on a node failed."""
+
+    def __init__(self, message: str, *, node: str, transient: bool = False):
+        self.node = node
+        self.transient = transient
+        super().__init__(message)

@@ -1,0 +1,236 @@
+"""The order flow for one certificate (RFC 8555 §7.4): order -> authorizations -> HTTP-01 ->
+finalize -> download. Publishes key authorizations to the store before answering a challenge,
+and removes them once the authorization is valid or invalid, never before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Awaitable, Callable, TypeVar
+
+import josepy as jose
+from acme import messages
+from cryptography import x509
+
+from certd import keys
+from certd.errors import AcmeError
+from certd.issuance.client import AcmeClient, Response
+from certd.issuance.http01 import valid_token
+from certd.model import Account, Challenge, IssuedCertificate, Order, utcnow
+from certd.model import CertificateSpec
+from certd.store.base import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FIRST_POLL = 0.05  # seconds; a CA that validates at once answers on the first or second poll
+MAX_POLL = 2.0
+ACCOUNT_KEY_TYPE = "ec-p256"
+
+
+class Issuer:
+    """Obtains certificates from one ACME directory for one account. Concurrency-safe."""
+
+    def __init__(
+        self,
+        client: AcmeClient,
+        store: Store,
+        *,
+        email: str | None = None,
+        eab: tuple[str, str] | None = None,
+        challenge_ttl: timedelta = timedelta(hours=1),
+        order_timeout: timedelta = timedelta(minutes=5),
+    ):
+        self.client = client
+        self.store = store
+        self.email = email
+        self.eab = eab
+        self.challenge_ttl = challenge_ttl
+        self.order_timeout = order_timeout
+        self._account_lock = asyncio.Lock()
+
+    async def ensure_account(self) -> None:
+        """Load the stored account, or register one. The key is saved before registering, so a
+        crash in between re-registers the same key (newAccount is idempotent per key)."""
+        async with self._account_lock:
+            if self.client.account_uri:
+                return
+            directory = self.client.directory_url
+            account = await self.store.get_account(directory)
+            if account is None:
+                key = await asyncio.to_thread(keys.generate_key, ACCOUNT_KEY_TYPE)
+                account = Account(directory, "", keys.key_to_pem(key))
+                await self.store.save_account(account)
+            jwk = jose.JWKEC(key=keys.key_from_pem(account.key_pem))
+            if account.uri:
+                self.client.use_account(jwk, account.uri)
+                return
+            uri = await self.client.register(jwk, email=self.email, eab=self.eab)
+            await self.store.save_account(Account(directory, uri, account.key_pem,
+                                                  account.created_at))
+            log.info("acme: registered account %s", uri)
+
+    async def issue(self, spec: CertificateSpec, *, replaces: str | None = None
+                    ) -> IssuedCertificate:
+        await self.ensure_account()
+        deadline = asyncio.get_running_loop().time() + self.order_timeout.total_seconds()
+        order_url, order = await self.client.new_order(spec.domains, replaces=replaces)
+        await self.store.save_order(Order(spec.name, order_url, _status(order)))
+        log.info("acme[%s]: order %s (%s)", spec.name, order_url, ", ".join(spec.domains))
+        try:
+            await self._authorize_all(spec, order, deadline)
+            order = await self._poll(lambda: self.client.get_order(order_url),
+                                     ("ready", "valid", "invalid"), deadline, "order")
+            if _status(order) != "ready":
+                raise _order_error(order, "order is " + _status(order) + " after authorization")
+            key = await asyncio.to_thread(keys.generate_key, spec.key_type)
+            csr = keys.make_csr(key, spec.domains)
+            order = await self.client.finalize(order.finalize, csr)
+            if _status(order) != "valid":
+                order = await self._poll(lambda: self.client.get_order(order_url),
+                                         ("valid", "invalid"), deadline, "order")
+            if _status(order) != "valid" or not order.certificate:
+                raise _order_error(order, "finalize did not give a certificate")
+            certs = await self._download(order.certificate)
+            issued = _issued(spec, key, certs, order_url)
+        except AcmeError as exc:
+            await self.store.save_order(Order(spec.name, order_url, "invalid", error=str(exc)))
+            raise
+        await self.store.save_order(Order(spec.name, order_url, "valid"))
+        log.info("acme[%s]: issued serial %s, valid until %s", spec.name, issued.serial,
+                 issued.not_after.isoformat())
+        return issued
+
+    async def _authorize_all(self, spec: CertificateSpec, order: messages.Order,
+                             deadline: float) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for url in order.authorizations:
+                    group.create_task(self._authorize(spec, url, deadline))
+        except ExceptionGroup as eg:
+            for exc in eg.exceptions:
+                if isinstance(exc, AcmeError):
+                    raise exc from None
+            raise
+
+    async def _authorize(self, spec: CertificateSpec, url: str, deadline: float) -> None:
+        authz, _ = await self.client.get_authorization(url)
+        name = authz.identifier.value if authz.identifier else url
+        if _status(authz) == "valid":
+            return  # reused by the CA: nothing to prove
+        if _status(authz) != "pending":
+            raise AcmeError(f"acme[{spec.name}]: authorization for {name} is {_status(authz)}",
+                            type="certd:authorization")
+        challenge = next((c for c in authz.challenges if c.chall.typ == "http-01"), None)
+        if challenge is None:
+            raise AcmeError(f"acme[{spec.name}]: no http-01 challenge offered for {name}",
+                            type="certd:authorization")
+        token = challenge.chall.encode("token")
+        if not valid_token(token):
+            raise AcmeError(f"acme[{spec.name}]: CA sent a malformed token for {name}",
+                            type="certd:malformed")
+        await self.store.put_challenge(Challenge(
+            token=token,
+            key_authorization=self.client.key_authorization(challenge),
+            certificate=spec.name,
+            authorization_url=url,
+            expires_at=utcnow() + self.challenge_ttl,
+        ))
+        if _status(challenge) == "pending":
+            await self.client.answer_challenge(challenge.uri)
+        authz = await self._poll(lambda: self.client.get_authorization(url),
+                                 ("valid", "invalid", "deactivated", "expired", "revoked"),
+                                 deadline, f"authorization for {name}")
+        # The CA is done with this token either way: drop it now, not before.
+        await self.store.delete_challenge(token)
+        if _status(authz) != "valid":
+            raise _authz_error(spec.name, name, authz)
+
+    async def _poll(self, fetch: Callable[[], Awaitable[tuple[T, float | None]]],
+                    done: tuple[str, ...], deadline: float, what: str) -> T:
+        loop = asyncio.get_running_loop()
+        delay = FIRST_POLL
+        while True:
+            resource, retry_after = await fetch()
+            if _status(resource) in done:
+                return resource
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AcmeError(f"acme: {what} still {_status(resource)} at the order deadline",
+                                type="certd:timeout", transient=True)
+            wait = retry_after if retry_after is not None else delay
+            await asyncio.sleep(min(max(wait, FIRST_POLL), remaining))
+            delay = min(delay * 2, MAX_POLL)
+
+    async def _download(self, url: str) -> list[x509.Certificate]:
+        """The chain exactly as the CA gives it; if it gives only the leaf, its issuer is
+        fetched from Link: rel="up" (nothing is pinned or bundled by certd)."""
+        resp = await self.client.download(url)
+        certs = _parse_chain(resp, url)
+        ups = resp.links.get("up")
+        if len(certs) == 1 and ups:
+            certs.extend(_parse_chain(await self.client.fetch_up(ups[0]), ups[0]))
+        return certs
+
+
+def _status(resource) -> str:
+    status = getattr(resource, "status", None)
+    return status.name if status is not None else "unknown"
+
+
+def _parse_chain(resp: Response, url: str) -> list[x509.Certificate]:
+    ctype = resp.headers.get("content-type", "")
+    try:
+        if "pkix-cert" in ctype:  # a single DER certificate, as some CAs serve issuers
+            return [x509.load_der_x509_certificate(resp.body)]
+        return keys.split_pem_certificates(resp.body.decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AcmeError(f"acme: certificate download {url}: {exc}", type="certd:malformed"
+                        ) from None
+
+
+def _issued(spec: CertificateSpec, key: keys.PrivateKey, certs: list[x509.Certificate],
+            order_url: str) -> IssuedCertificate:
+    leaf = certs[0]
+    if not keys.same_public_key(leaf, key):
+        raise AcmeError(f"acme[{spec.name}]: issued certificate does not match our key",
+                        type="certd:malformed")
+    missing = set(spec.domains) - set(keys.dns_names(leaf))
+    if missing:
+        raise AcmeError(f"acme[{spec.name}]: issued certificate lacks {sorted(missing)}",
+                        type="certd:malformed")
+    info = keys.cert_info(leaf)
+    return IssuedCertificate(
+        name=spec.name,
+        serial=info.serial,
+        domains=spec.domains,
+        not_before=info.not_before,
+        not_after=info.not_after,
+        cert_pem=keys.cert_to_pem(leaf),
+        chain_pem="".join(keys.cert_to_pem(c) for c in certs[1:]),
+        key_pem=keys.key_to_pem(key),
+        fingerprint_sha256=info.fingerprint_sha256,
+        order_url=order_url,
+    )
+
+
+def _order_error(order: messages.Order, fallback: str) -> AcmeError:
+    if order.error is not None:
+        return AcmeError(f"acme: {order.error.typ}: {order.error.detail or fallback}",
+                         type=order.error.typ, detail=order.error.detail or "")
+    return AcmeError(f"acme: {fallback}", type="certd:order")
+
+
+def _authz_error(cert: str, name: str, authz: messages.Authorization) -> AcmeError:
+    for challenge in authz.challenges:
+        if challenge.error is not None:
+            err = challenge.error
+            return AcmeError(
+                f"acme[{cert}]: validation of {name} failed: {err.typ}: {err.detail}",
+                type=err.typ, detail=err.detail or "",
+            )
+    # acme2certifier marks the authorization invalid without any error document
+    return AcmeError(f"acme[{cert}]: authorization for {name} is {_status(authz)}",
+                     type="certd:authorization")

@@ -1,0 +1,137 @@
+"""Frozen records that flow between layers. No storage, no network."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class CertStatus(str, enum.Enum):
+    """Where a certificate stands (the REST issue exposes these)."""
+
+    PENDING = "pending"  # configured, nothing issued yet
+    ISSUING = "issuing"  # an order is in flight
+    ISSUED = "issued"  # a valid certificate is stored, not yet on every node
+    DEPLOYED = "deployed"  # every node has it
+    FAILED = "failed"  # the last attempt failed; see last_error
+
+
+class DeployStatus(str, enum.Enum):
+    DEPLOYED = "deployed"  # files placed and reload succeeded
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    REMOVED = "removed"
+
+
+class Severity(str, enum.Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    """What should exist: a named certificate for some domains, served by some frontends."""
+
+    name: str
+    domains: tuple[str, ...]
+    frontends: tuple[str, ...]
+    key_type: str = "ec-p256"
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """One certificate as the CA issued it, with its private key (never logged)."""
+
+    name: str
+    serial: str  # lower-case hex, no colons
+    domains: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    cert_pem: str  # the leaf
+    chain_pem: str  # intermediates, in the CA's order
+    key_pem: str = field(repr=False)
+    fingerprint_sha256: str = ""
+    issued_at: datetime = field(default_factory=utcnow)
+    order_url: str | None = None
+    id: int | None = None
+
+    @property
+    def fullchain_pem(self) -> str:
+        return self.cert_pem + self.chain_pem
+
+    def valid_at(self, when: datetime) -> bool:
+        return self.not_before <= when < self.not_after
+
+
+@dataclass(frozen=True)
+class CertificateState:
+    """The moving parts of one certificate's life that the scheduler and status read."""
+
+    name: str
+    status: CertStatus = CertStatus.PENDING
+    last_error: str | None = None
+    attempts: int = 0  # consecutive failures
+    next_attempt_at: datetime | None = None
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Account:
+    directory: str
+    uri: str
+    key_pem: str = field(repr=False)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    token: str
+    key_authorization: str
+    certificate: str
+    authorization_url: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What one node of one frontend group holds for one certificate."""
+
+    certificate: str
+    frontend: str
+    node: str
+    serial: str
+    status: DeployStatus
+    message: str = ""
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An entry of the event log: what certd did or saw. Alerting reads these."""
+
+    kind: str  # e.g. 'issue.ok', 'issue.failed', 'deploy.ok', 'deploy.failed', 'reload.output'
+    message: str
+    severity: Severity = Severity.INFO
+    certificate: str | None = None
+    node: str | None = None
+    data: dict = field(default_factory=dict)
+    at: datetime = field(default_factory=utcnow)
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Order:
+    """An ACME order as certd tracked it (RFC 8555 §7.1.3)."""
+
+    certificate: str
+    url: str
+    status: str  # pending | ready | processing | valid | invalid
+    created_at: datetime = field(default_factory=utcnow)
+    error: str | None = None

@@ -1,0 +1,93 @@
+"""The Store Protocol: everything certd persists, behind one small interface.
+
+Contract, for every implementation (SQLite now, PostgreSQL later):
+
+- Every method is a coroutine and safe to call concurrently from one event loop; several
+  processes may share one store (leases decide who works).
+- Lookups of something absent return None (or an empty list); they never raise.
+- Writes are atomic: a certificate and its private key are stored in one step, so readers
+  see the old pair or the new one, never a mix.
+- Times go in and come out timezone-aware UTC.
+- `open()` creates or migrates the schema; `close()` releases connections. Callers own both.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from certd.model import (
+    Account,
+    CertificateState,
+    Challenge,
+    Deployment,
+    Event,
+    IssuedCertificate,
+    Order,
+)
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # ACME account, one per directory URL
+    async def get_account(self, directory: str) -> Account | None: ...
+
+    async def save_account(self, account: Account) -> None: ...
+
+    # HTTP-01 key authorizations published for the responder
+    async def put_challenge(self, challenge: Challenge) -> None: ...
+
+    async def get_key_authorization(self, token: str, now: datetime) -> str | None:
+        """The key authorization for a pending, unexpired token, else None."""
+        ...
+
+    async def delete_challenge(self, token: str) -> None: ...
+
+    async def purge_challenges(self, now: datetime) -> int:
+        """Drop expired challenges; returns how many."""
+        ...
+
+    # certificates and their history (newest last)
+    async def add_certificate(self, cert: IssuedCertificate) -> IssuedCertificate:
+        """Store a newly issued certificate with its key; returns it with `id` set."""
+        ...
+
+    async def current_certificate(self, name: str) -> IssuedCertificate | None: ...
+
+    async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]: ...
+
+    # per-certificate state (status, failures, next attempt)
+    async def get_state(self, name: str) -> CertificateState | None: ...
+
+    async def put_state(self, state: CertificateState) -> None: ...
+
+    # ACME orders certd placed
+    async def save_order(self, order: Order) -> None:
+        """Insert or update by `url`."""
+        ...
+
+    async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]: ...
+
+    # per-node deployments (one row per certificate x frontend x node, the latest)
+    async def put_deployment(self, deployment: Deployment) -> None: ...
+
+    async def deployments(self, certificate: str) -> list[Deployment]: ...
+
+    # event log
+    async def add_event(self, event: Event) -> None: ...
+
+    async def events(
+        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[Event]:
+        """Newest first."""
+        ...
+
+    # leases: at most one holder per name until it releases or the lease expires
+    async def acquire_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
+        """Take or extend the lease on `name` for `owner`; False if someone else holds it."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> None: ...

@@ -1,0 +1,72 @@
+"""Versioned schema. Append a new list of statements; never edit a released one.
+
+The SQL stays portable (no SQLite-only types), so the PostgreSQL store can share it.
+Times are ISO-8601 UTC text with microseconds, which sorts like the times themselves.
+"""
+
+MIGRATIONS: list[list[str]] = [
+    [  # 1: the core tables
+        """CREATE TABLE accounts (
+            directory TEXT PRIMARY KEY,
+            uri TEXT NOT NULL,
+            key_pem TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE certificates (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            domains TEXT NOT NULL,
+            not_before TEXT NOT NULL,
+            not_after TEXT NOT NULL,
+            cert_pem TEXT NOT NULL,
+            chain_pem TEXT NOT NULL,
+            key_pem TEXT NOT NULL,
+            fingerprint_sha256 TEXT NOT NULL,
+            issued_at TEXT NOT NULL,
+            order_url TEXT)""",
+        "CREATE INDEX certificates_by_name ON certificates (name, id)",
+        """CREATE TABLE cert_state (
+            name TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            last_error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            updated_at TEXT NOT NULL)""",
+        """CREATE TABLE orders (
+            url TEXT PRIMARY KEY,
+            certificate TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            error TEXT)""",
+        "CREATE INDEX orders_by_certificate ON orders (certificate, created_at)",
+        """CREATE TABLE challenges (
+            token TEXT PRIMARY KEY,
+            key_authorization TEXT NOT NULL,
+            certificate TEXT NOT NULL,
+            authorization_url TEXT NOT NULL,
+            expires_at TEXT NOT NULL)""",
+        """CREATE TABLE deployments (
+            certificate TEXT NOT NULL,
+            frontend TEXT NOT NULL,
+            node TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            status TEXT NOT NULL,
+            message TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (certificate, frontend, node))""",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            certificate TEXT,
+            node TEXT,
+            message TEXT NOT NULL,
+            data TEXT NOT NULL)""",
+        "CREATE INDEX events_by_certificate ON events (certificate, id)",
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at TEXT NOT NULL)""",
+    ],
+]

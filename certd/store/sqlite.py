@@ -1,0 +1,324 @@
+"""The embedded store: one SQLite file (WAL, 0600) through aiosqlite, so the loop never blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiosqlite
+
+from certd.errors import StoreError
+from certd.model import (
+    Account,
+    CertificateState,
+    CertStatus,
+    Challenge,
+    Deployment,
+    DeployStatus,
+    Event,
+    IssuedCertificate,
+    Order,
+    Severity,
+)
+from certd.store.migrations import MIGRATIONS
+
+
+def _ts(dt: datetime | None) -> str | None:
+    """Sortable text: UTC, microseconds, always the same width."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime given to the store")
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class SqliteStore:
+    """Store on a SQLite file. Several processes may share the file (WAL, busy timeout)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+            self._db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=FULL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise StoreError(f"sqlite[{self.path}]: open: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"sqlite[{self.path}]: store is not open")
+        return self._db
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            (version,) = await cur.fetchone()
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"sqlite[{self.path}]: schema version {version} is newer than this certd "
+                f"({len(MIGRATIONS)}); upgrade certd"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script:
+                    await self.db.execute(statement)
+                await self.db.execute(f"PRAGMA user_version={number}")
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    async def _exec(self, sql: str, params: tuple | dict = ()) -> int:
+        try:
+            async with self.db.execute(sql, params) as cur:
+                return cur.rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
+
+    async def _all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        try:
+            async with self.db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
+
+    async def _one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
+    # accounts
+    async def get_account(self, directory: str) -> Account | None:
+        row = await self._one("SELECT * FROM accounts WHERE directory = ?", (directory,))
+        if row is None:
+            return None
+        return Account(row["directory"], row["uri"], row["key_pem"], _dt(row["created_at"]))
+
+    async def save_account(self, account: Account) -> None:
+        await self._exec(
+            "INSERT INTO accounts (directory, uri, key_pem, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(directory) DO UPDATE SET uri = excluded.uri, key_pem = excluded.key_pem",
+            (account.directory, account.uri, account.key_pem, _ts(account.created_at)),
+        )
+
+    # challenges
+    async def put_challenge(self, challenge: Challenge) -> None:
+        await self._exec(
+            "INSERT OR REPLACE INTO challenges "
+            "(token, key_authorization, certificate, authorization_url, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                challenge.token,
+                challenge.key_authorization,
+                challenge.certificate,
+                challenge.authorization_url,
+                _ts(challenge.expires_at),
+            ),
+        )
+
+    async def get_key_authorization(self, token: str, now: datetime) -> str | None:
+        row = await self._one(
+            "SELECT key_authorization FROM challenges WHERE token = ? AND expires_at > ?",
+            (token, _ts(now)),
+        )
+        return None if row is None else row[0]
+
+    async def delete_challenge(self, token: str) -> None:
+        await self._exec("DELETE FROM challenges WHERE token = ?", (token,))
+
+    async def purge_challenges(self, now: datetime) -> int:
+        return await self._exec("DELETE FROM challenges WHERE expires_at <= ?", (_ts(now),))
+
+    # certificates
+    async def add_certificate(self, cert: IssuedCertificate) -> IssuedCertificate:
+        try:
+            async with self.db.execute(
+                "INSERT INTO certificates (name, serial, domains, not_before, not_after, "
+                "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cert.name,
+                    cert.serial,
+                    json.dumps(list(cert.domains)),
+                    _ts(cert.not_before),
+                    _ts(cert.not_after),
+                    cert.cert_pem,
+                    cert.chain_pem,
+                    cert.key_pem,
+                    cert.fingerprint_sha256,
+                    _ts(cert.issued_at),
+                    cert.order_url,
+                ),
+            ) as cur:
+                new_id = cur.lastrowid
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
+        return replace(cert, id=new_id)
+
+    async def current_certificate(self, name: str) -> IssuedCertificate | None:
+        row = await self._one(
+            "SELECT * FROM certificates WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
+        )
+        return None if row is None else _cert(row)
+
+    async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]:
+        rows = await self._all(
+            "SELECT * FROM (SELECT * FROM certificates WHERE name = ? ORDER BY id DESC LIMIT ?) "
+            "ORDER BY id",
+            (name, limit),
+        )
+        return [_cert(r) for r in rows]
+
+    # state
+    async def get_state(self, name: str) -> CertificateState | None:
+        row = await self._one("SELECT * FROM cert_state WHERE name = ?", (name,))
+        if row is None:
+            return None
+        return CertificateState(
+            name=row["name"],
+            status=CertStatus(row["status"]),
+            last_error=row["last_error"],
+            attempts=row["attempts"],
+            next_attempt_at=_dt(row["next_attempt_at"]),
+            updated_at=_dt(row["updated_at"]),
+        )
+
+    async def put_state(self, state: CertificateState) -> None:
+        await self._exec(
+            "INSERT OR REPLACE INTO cert_state "
+            "(name, status, last_error, attempts, next_attempt_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                state.name,
+                state.status.value,
+                state.last_error,
+                state.attempts,
+                _ts(state.next_attempt_at),
+                _ts(state.updated_at),
+            ),
+        )
+
+    # orders
+    async def save_order(self, order: Order) -> None:
+        await self._exec(
+            "INSERT INTO orders (url, certificate, status, created_at, error) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(url) DO UPDATE SET "
+            "status = excluded.status, error = excluded.error",
+            (order.url, order.certificate, order.status, _ts(order.created_at), order.error),
+        )
+
+    async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]:
+        rows = await self._all(
+            "SELECT * FROM orders WHERE (? IS NULL OR certificate = ?) "
+            "ORDER BY created_at DESC LIMIT ?",
+            (certificate, certificate, limit),
+        )
+        return [
+            Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"])
+            for r in rows
+        ]
+
+    # deployments
+    async def put_deployment(self, deployment: Deployment) -> None:
+        d = deployment
+        await self._exec(
+            "INSERT OR REPLACE INTO deployments "
+            "(certificate, frontend, node, serial, status, message, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (d.certificate, d.frontend, d.node, d.serial, d.status.value, d.message,
+             _ts(d.updated_at)),
+        )
+
+    async def deployments(self, certificate: str) -> list[Deployment]:
+        rows = await self._all(
+            "SELECT * FROM deployments WHERE certificate = ? ORDER BY frontend, node",
+            (certificate,),
+        )
+        return [
+            Deployment(
+                r["certificate"], r["frontend"], r["node"], r["serial"],
+                DeployStatus(r["status"]), r["message"], _dt(r["updated_at"]),
+            )
+            for r in rows
+        ]
+
+    # events
+    async def add_event(self, event: Event) -> None:
+        await self._exec(
+            "INSERT INTO events (at, kind, severity, certificate, node, message, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_ts(event.at), event.kind, event.severity.value, event.certificate, event.node,
+             event.message, json.dumps(event.data)),
+        )
+
+    async def events(
+        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[Event]:
+        rows = await self._all(
+            "SELECT * FROM events WHERE (:c IS NULL OR certificate = :c) "
+            "AND (:k IS NULL OR kind = :k) ORDER BY id DESC LIMIT :n",
+            {"c": certificate, "k": kind, "n": limit},
+        )
+        return [
+            Event(
+                kind=r["kind"], message=r["message"], severity=Severity(r["severity"]),
+                certificate=r["certificate"], node=r["node"], data=json.loads(r["data"]),
+                at=_dt(r["at"]), id=r["id"],
+            )
+            for r in rows
+        ]
+
+    # leases
+    async def acquire_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
+        await self._exec(
+            "INSERT INTO leases (name, owner, expires_at) VALUES (:n, :o, :u) "
+            "ON CONFLICT(name) DO UPDATE SET owner = :o, expires_at = :u "
+            "WHERE leases.owner = :o OR leases.expires_at <= :now",
+            {"n": name, "o": owner, "u": _ts(until), "now": _ts(now)},
+        )
+        row = await self._one("SELECT owner FROM leases WHERE name = ?", (name,))
+        return row is not None and row[0] == owner
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._exec("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+
+def _cert(row: sqlite3.Row) -> IssuedCertificate:
+    return IssuedCertificate(
+        name=row["name"],
+        serial=row["serial"],
+        domains=tuple(json.loads(row["domains"])),
+        not_before=_dt(row["not_before"]),
+        not_after=_dt(row["not_after"]),
+        cert_pem=row["cert_pem"],
+        chain_pem=row["chain_pem"],
+        key_pem=row["key_pem"],
+        fingerprint_sha256=row["fingerprint_sha256"],
+        issued_at=_dt(row["issued_at"]),
+        order_url=row["order_url"],
+        id=row["id"],
+    )
