@@ -30,6 +30,9 @@ class ChallengeStats:
         self.counts: dict[str, int] = {"served": 0, "not_found": 0, "error": 0}
 
 
+STATS = web.AppKey("stats", ChallengeStats)
+
+
 def build_app(store: Store, stats: ChallengeStats | None = None,
               clock: Callable = utcnow) -> web.Application:
     stats = stats or ChallengeStats()
@@ -56,7 +59,7 @@ def build_app(store: Store, stats: ChallengeStats | None = None,
 
     app = web.Application(client_max_size=1024)
     app.router.add_route("*", "/{tail:.*}", handle)
-    app["stats"] = stats
+    app[STATS] = stats
     return app
 
 

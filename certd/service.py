@@ -208,7 +208,9 @@ class Certd:
             except Exception:  # a bug must not stop the other certificates
                 log.exception("certificate[%s]: unexpected error", name)
 
-        await asyncio.gather(*(one(spec.name) for spec in self.specs()))
+        specs = self.specs()
+        await asyncio.gather(*(one(spec.name) for spec in specs))
+        log.info("sweep done: %d certificates", len(specs))
 
     async def close(self) -> None:
         for deployer in set(self.deployers.values()):

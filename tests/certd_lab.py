@@ -1,0 +1,122 @@
+"""Helpers that point certd at the lab: a config, a daemon subprocess, TLS checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from certd import config as configuration
+from certd.config import Config
+from tests.lab import Lab, Pebble, free_port, wait_until
+
+
+def lab_config_data(lab: Lab, state_dir: Path, certificates: list[dict],
+                    pebble: Pebble | None = None) -> dict:
+    pebble = pebble or lab.pebble
+    return {
+        "state_dir": str(state_dir),
+        "log_level": "debug",
+        "acme": {
+            "directory": pebble.directory_url,
+            "ca_bundle": str(pebble.ca_bundle),
+            "timeout": "10s",
+            "order_timeout": "60s",
+        },
+        "challenge": {"listen": lab.challenge_listen},
+        "api": {"listen": f"127.0.0.1:{free_port()}"},
+        "frontends": {
+            "web": {
+                "tls_port": lab.tls_port,
+                "nodes": [{"name": n.name, "address": n.address} for n in lab.nodes],
+                "deployer": {"type": "file", "path": lab.deploy_path_template},
+                "reload": lab.reload_command,
+                "command_timeout": "20s",
+            }
+        },
+        "certificates": certificates,
+    }
+
+
+def lab_config(lab: Lab, state_dir: Path, certificates: list[dict],
+               pebble: Pebble | None = None) -> Config:
+    return configuration.parse(lab_config_data(lab, state_dir, certificates, pebble))
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Daemon:
+    """`certd run` as a real subprocess; stopped by PID."""
+
+    def __init__(self, config_path: Path, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "certd", "-c", str(config_path), "run"],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
+        def seen():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"certd exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+            return self.log().count(text) >= count
+
+        wait_until(seen, timeout, what=f"certd log to show {text!r} x{count}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        self._log.close()
+
+
+def verified_handshake(address: str, port: int, server_name: str, root_pem: str
+                       ) -> bytes:
+    """A TLS handshake that verifies the served chain against `root_pem` and the name."""
+    ctx = ssl.create_default_context(cadata=root_pem)
+    with socket.create_connection((address, port), timeout=5) as sock:
+        with ctx.wrap_socket(sock, server_hostname=server_name) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def challenge_lines(lab: Lab, node: str, host: str) -> list[str]:
+    return [line for line in lab.access_log(node)
+            if "/.well-known/acme-challenge/" in line and f'"{host}"' in line]
+
+
+def poll(predicate, timeout: float = 30, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
