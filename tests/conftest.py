@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the lab fixtures (see tests/lab)."""
+
+from tests.lab.fixtures import *  # noqa: F401,F403

@@ -1,0 +1,36 @@
+"""certd's test lab: pebble -> haproxy -> two nginx frontends -> one challenge listener.
+
+Typical use (or the session-scoped ``lab`` fixture from :mod:`tests.lab.fixtures`)::
+
+    with Lab.start(tmp_path) as lab:
+        lab.set_sites({"www": ["www.test"]})
+        ...  # start certd with lab.challenge_listen, lab.pebble.directory_url,
+             # lab.pebble.ca_bundle, lab.deploy_path_template, lab.reload_command
+"""
+
+from .certs import FALLBACK_CN
+from .frontends import CERT_FILE, FALLBACK_DIR, KEY_FILE
+from .lab import Lab, Node
+from .pebble import DEFAULT_ENV, ISSUED_MARK, NEW_ORDER_MARK, ChallTestSrv, Pebble
+from .procs import LabError, ManagedProcess, free_port, wait_until
+from .responder import SeenRequest, StandInResponder
+
+__all__ = [
+    "CERT_FILE",
+    "ChallTestSrv",
+    "DEFAULT_ENV",
+    "FALLBACK_CN",
+    "FALLBACK_DIR",
+    "ISSUED_MARK",
+    "KEY_FILE",
+    "Lab",
+    "LabError",
+    "ManagedProcess",
+    "NEW_ORDER_MARK",
+    "Node",
+    "Pebble",
+    "SeenRequest",
+    "StandInResponder",
+    "free_port",
+    "wait_until",
+]
