@@ -7,7 +7,6 @@ import contextlib
 import errno
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
@@ -17,14 +16,12 @@ from certd.config import Config, split_listen
 from certd.errors import CertdError
 from certd.issuance.client import AcmeClient
 from certd.issuance.issuer import Issuer
+from certd.scheduler import Scheduler
 from certd.service import Certd, build_deployers
 from certd.store.sqlite import SqliteStore
+from certd.sweep import Sweeper
 
 log = logging.getLogger(__name__)
-
-# How often the daemon looks for work until the scheduler (renewal issue) takes over.
-SWEEP_INTERVAL = timedelta(seconds=30)
-
 
 @contextlib.asynccontextmanager
 async def open_certd(config: Config) -> AsyncIterator[Certd]:
@@ -107,25 +104,17 @@ async def challenge_listener(config: Config, certd: Certd, *, shared: bool = Fal
         await runner.cleanup()
 
 
-async def run_daemon(config: Config, stop: asyncio.Event,
-                     sweep_interval: timedelta = SWEEP_INTERVAL) -> None:
-    """Listeners first (challenges must be answerable before any order), then sweeps until
-    `stop` is set. A failing CA or node is logged and retried; it never ends the daemon."""
+async def run_daemon(config: Config, stop: asyncio.Event) -> None:
+    """Listeners first (challenges must be answerable before any order), then the scheduler
+    until `stop` is set. A failing CA or node is logged and retried; it never ends the daemon."""
     async with open_certd(config) as certd, challenge_listener(config, certd):
         api = await start_site(api_app(certd), config.api.listen, "api")
-        sweeps = asyncio.create_task(_sweep_forever(certd, sweep_interval))
+        scheduler = Scheduler(Sweeper(certd), config.renewal)
+        scheduler.start()
         try:
             await stop.wait()
             log.info("certd stopping")
         finally:
-            sweeps.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeps
+            await scheduler.stop()
             await api.cleanup()
     log.info("certd stopped")
-
-
-async def _sweep_forever(certd: Certd, interval: timedelta) -> None:
-    while True:
-        await certd.sweep()
-        await asyncio.sleep(interval.total_seconds())

@@ -15,7 +15,6 @@ from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError
 from certd.model import utcnow
-from certd.renewal import renewal_time
 
 log = logging.getLogger("certd")
 
@@ -61,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("status", help="one row per certificate")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_status)
-    c = sub.add_parser("renew", help="issue or renew now, then deploy")
-    c.add_argument("names", nargs="+", metavar="NAME")
+    c = sub.add_parser("renew", help="issue or renew now what needs it (or --force), then deploy")
+    c.add_argument("names", nargs="*", metavar="NAME")
+    c.add_argument("--all", action="store_true", help="every configured certificate")
     c.add_argument("--force", action="store_true", help="order even if the current one is good")
     c.set_defaults(func=cmd_renew)
     c = sub.add_parser("deploy", help="push the stored certificate to every node")
@@ -121,15 +121,18 @@ async def _status_rows(cfg: Config) -> list[dict]:
             cert = await certd.store.current_certificate(spec.name)
             state = await certd.store.get_state(spec.name)
             deps = await certd.store.deployments(spec.name)
+            plan = await certd.plan(cert) if cert else None
             rows.append({
                 "name": spec.name,
                 "domains": list(spec.domains),
                 "status": state.status.value if state else "pending",
                 "serial": cert.serial if cert else None,
+                "not_before": cert.not_before.isoformat() if cert else None,
                 "not_after": cert.not_after.isoformat() if cert else None,
                 "days_left": round((cert.not_after - now).total_seconds() / 86400, 1)
                 if cert else None,
-                "renewal_at": renewal_time(cert).isoformat() if cert else None,
+                "renewal_at": plan.at.isoformat() if plan else None,
+                "renewal_reason": plan.reason if plan else None,
                 "deployed_nodes": sorted(
                     f"{d.frontend}/{d.node}" for d in deps
                     if cert and d.serial == cert.serial and d.status.value == "deployed"
@@ -147,11 +150,14 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = ("NAME", "STATUS", "SERIAL", "NOT AFTER", "DAYS", "DEPLOYED", "DOMAINS")
+    header = ("NAME", "STATUS", "SERIAL", "NOT AFTER", "DAYS", "RENEW AT", "WHY", "ATTEMPTS",
+              "DEPLOYED", "DOMAINS")
     table = [header] + [
         (r["name"], r["status"], (r["serial"] or "-")[:16], (r["not_after"] or "-")[:19],
          "-" if r["days_left"] is None else f"{r['days_left']:.1f}",
-         ",".join(r["deployed_nodes"]) or "-", ",".join(r["domains"]))
+         (r["next_attempt_at"] or r["renewal_at"] or "-")[:19],
+         "retry" if r["next_attempt_at"] else (r["renewal_reason"] or "-"),
+         str(r["attempts"]), ",".join(r["deployed_nodes"]) or "-", ",".join(r["domains"]))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -164,26 +170,71 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_renew(cfg: Config, args: argparse.Namespace) -> int:
-    _check_names(cfg, args.names)
+    if args.all == bool(args.names):
+        raise CertdError("renew: name certificates or give --all (not both)")
+    names = [c.name for c in cfg.certificates] if args.all else args.names
+    _check_names(cfg, names)
 
     async def main() -> int:
+        requested_at = utcnow()
+        progress = Progress(len(names), "renew")
         failed = 0
         async with open_certd(cfg) as certd, challenge_listener(cfg, certd, shared=True):
-            for name in args.names:
+
+            async def one(name: str) -> int:
                 try:
-                    cert = await certd.renew(name, force=args.force)
+                    cert = await certd.renew(name, force=args.force, wait=True,
+                                             requested_at=requested_at)
+                    if cert is None:
+                        progress.line(f"{name}: another certd holds it; try again later")
+                        return 1
+                    progress.line(f"{name}: serial {cert.serial}, valid until "
+                                  f"{cert.not_after.isoformat()}")
+                    results = await certd.deploy(name, only_stale=not args.force)
+                    for r in results:
+                        progress.line(f"{name}: {r.target.frontend}/{r.target.node}: "
+                                      f"{'ok' if r.ok else 'FAILED'}: {r.message}")
+                    return 0 if all(r.ok for r in results) else 1
                 except CertdError as exc:
-                    print(f"{name}: failed: {exc}", file=sys.stderr)
-                    failed += 1
-                    continue
-                if cert is None:
-                    print(f"{name}: another certd is issuing it right now")
-                    continue
-                print(f"{name}: serial {cert.serial}, valid until {cert.not_after.isoformat()}")
-                failed += _print_deploy(name, await certd.deploy(name))
+                    progress.line(f"{name}: failed: {exc}", error=True)
+                    return 1
+                finally:
+                    progress.advance()
+
+            failed = sum(await asyncio.gather(*(one(n) for n in names)))
+        progress.done()
         return EXIT_FAILED if failed else 0
 
     return asyncio.run(main())
+
+
+class Progress:
+    """A one-line progress bar on a terminal's stderr; plain lines otherwise."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.count = total, what, 0
+        self.bar = sys.stderr.isatty() and total > 1
+
+    def line(self, text: str, error: bool = False) -> None:
+        if self.bar:
+            sys.stderr.write("\r\033[K")
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
+        self._draw()
+
+    def advance(self) -> None:
+        self.count += 1
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.bar:
+            filled = int(30 * self.count / self.total)
+            sys.stderr.write(f"\r{self.what} [{'#' * filled}{'.' * (30 - filled)}] "
+                             f"{self.count}/{self.total}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.bar:
+            sys.stderr.write("\n")
 
 
 def cmd_deploy(cfg: Config, args: argparse.Namespace) -> int:

@@ -50,7 +50,10 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError(f"expected a duration like 30d, 6h, 90m or 45s, got {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError):  # inf, nan, or beyond timedelta's range
+        raise ValueError(f"not a usable duration: {value!r}") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -117,6 +120,8 @@ class AcmeConfig(_Model):
     eab: Eab | None = None
     timeout: Duration = timedelta(seconds=30)  # one HTTP request to the CA
     order_timeout: Duration = timedelta(minutes=5)  # whole order, validation included
+    reuse_key: bool = False  # a renewal keeps the certificate's key (the account key always stays)
+    ari: bool = True  # follow the CA's renewal windows (RFC 9773) when its directory offers them
 
     @field_validator("directory")
     @classmethod
@@ -201,6 +206,31 @@ class CertificateConfig(_Model):
         return list(dict.fromkeys(v))
 
 
+class BudgetConfig(_Model):
+    """certd's own ledger of what it asked the CA for, mirroring Let's Encrypt's limits."""
+
+    orders_per_3h: int = Field(default=300, ge=1)
+    certificates_per_domain_per_week: int = Field(default=50, ge=1)
+    failed_validations_per_name_per_hour: int = Field(default=5, ge=1)
+
+
+class RenewalConfig(_Model):
+    sweep_interval: Duration = timedelta(hours=1)
+    ari_interval: Duration = timedelta(hours=6)  # ARI at least twice a day (unless Retry-After)
+    deploy_sync_interval: Duration = timedelta(days=1)
+    jitter: Duration = timedelta(minutes=2)  # spread scheduled jobs
+    before_expiry: Duration | None = None  # fixed lead time; default: a third of the lifetime
+    max_concurrent: int = Field(default=10, ge=1, le=1000)  # orders in flight
+    budget: BudgetConfig = BudgetConfig()
+
+    @field_validator("sweep_interval", "ari_interval", "deploy_sync_interval")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return v
+
+
 class Config(_Model):
     state_dir: Path = Path("/var/lib/certd")
     storage: str | None = None
@@ -208,6 +238,7 @@ class Config(_Model):
     acme: AcmeConfig = AcmeConfig()
     challenge: ChallengeConfig = ChallengeConfig()
     api: ApiConfig = ApiConfig()
+    renewal: RenewalConfig = RenewalConfig()
     frontends: dict[Slug, FrontendConfig] = Field(default_factory=dict)
     certificates: list[CertificateConfig] = Field(default_factory=list)
 

@@ -36,8 +36,10 @@ class AcmeError(CertdError):
         status: int | None = None,
         retry_after: float | None = None,
         transient: bool = False,
+        identifier: str | None = None,
     ):
         self.type = type
+        self.identifier = identifier  # the name whose validation failed, when one did
         self.detail = detail
         self.status = status
         self.retry_after = retry_after

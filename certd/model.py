@@ -71,6 +71,18 @@ class IssuedCertificate:
 
 
 @dataclass(frozen=True)
+class CertSummary:
+    """A stored certificate without its PEMs: what a sweep over thousands needs."""
+
+    name: str
+    serial: str
+    domains: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime
+
+
+@dataclass(frozen=True)
 class CertificateState:
     """The moving parts of one certificate's life that the scheduler and status read."""
 
@@ -135,3 +147,20 @@ class Order:
     status: str  # pending | ready | processing | valid | invalid
     created_at: datetime = field(default_factory=utcnow)
     error: str | None = None
+    domains: tuple[str, ...] = ()
+    key_pem: str | None = field(default=None, repr=False)  # saved before finalize, for resuming
+    replaces: str | None = None  # ARI certID of the certificate this order renews
+
+
+@dataclass(frozen=True)
+class AriState:
+    """The CA's renewal window for one certificate (RFC 9773), and when to ask again."""
+
+    name: str
+    serial: str  # the certificate the window is for
+    window_start: datetime | None  # None: the CA gave no usable window
+    window_end: datetime | None
+    renew_at: datetime | None  # the random moment certd picked inside the window
+    next_check_at: datetime
+    explanation_url: str | None = None
+    checked_at: datetime = field(default_factory=utcnow)

@@ -43,6 +43,8 @@ def normalise(raw: str) -> str:
             name = idna.encode(name, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
             raise NameRejected(f"invalid internationalised name: {exc}") from None
+        if _is_ip(name):  # full-width digits and dots map to an address
+            raise NameRejected("IP addresses are not allowed")
     name = name.lower()
     if len(name) > MAX_NAME:
         raise NameRejected(f"longer than {MAX_NAME} characters")
@@ -51,6 +53,8 @@ def normalise(raw: str) -> str:
         raise NameRejected("a bare top-level domain cannot get a certificate")
     for label in labels:
         _check_label(label)
+    if labels[-1].isdigit():  # '127.1', '10.0.1': resolvers and browsers read these as IPv4
+        raise NameRejected("the top-level label is all digits, like an IP address")
     return name
 
 

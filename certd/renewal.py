@@ -1,39 +1,64 @@
 """When a certificate is due, and how long to wait after a failure. Pure functions of time.
 
-The renewal issue adds the CA's ARI window and `renewal.before_expiry` in front of the
-lifetime rule below; callers already pass through `renewal_time()` only.
+Renewal time, in this order: the CA's ARI window (a random moment inside it, picked when the
+window was fetched); else the configured `before_expiry`; else a third of the lifetime before
+expiry (half for lifetimes under 10 days): 30 days for 90-day certificates, 15 for 45-day ones.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from certd.model import IssuedCertificate
+from certd.model import AriState, IssuedCertificate
 
 SHORT_LIFETIME = timedelta(days=10)
 BACKOFF = (timedelta(minutes=1), timedelta(minutes=10), timedelta(minutes=100), timedelta(days=1))
 
 
-def renewal_time(cert: IssuedCertificate) -> datetime:
+@dataclass(frozen=True)
+class Plan:
+    at: datetime
+    reason: str  # ari | before_expiry | lifetime
+
+
+def lifetime_time(cert: IssuedCertificate) -> datetime:
     """One third of the lifetime before expiry (30 days of 90), half for lifetimes under 10 days."""
     lifetime = cert.not_after - cert.not_before
     share = lifetime / 2 if lifetime < SHORT_LIFETIME else lifetime / 3
     return cert.not_after - share
 
 
+def plan(cert: IssuedCertificate, *, before_expiry: timedelta | None = None,
+         ari: AriState | None = None) -> Plan:
+    """When to renew `cert`, and why."""
+    if (ari is not None and ari.serial == cert.serial and ari.renew_at is not None
+            and ari.window_start is not None and ari.window_end is not None
+            and ari.window_end > ari.window_start):
+        return Plan(ari.renew_at, "ari")
+    if before_expiry is not None:
+        return Plan(max(cert.not_before, cert.not_after - before_expiry), "before_expiry")
+    return Plan(lifetime_time(cert), "lifetime")
+
+
+def renewal_time(cert: IssuedCertificate) -> datetime:
+    return plan(cert).at
+
+
 def needs_certificate(cert: IssuedCertificate | None, domains: tuple[str, ...],
-                      now: datetime) -> str | None:
-    """Why a new certificate is needed now ('missing', 'domains changed', 'expired', 'due'),
-    or None if the stored one is good."""
+                      now: datetime, when: Plan | None = None) -> str | None:
+    """Why a new certificate is needed now ('missing', 'domains changed', 'expired',
+    'due (ari)', ...), or None if the stored one is good."""
     if cert is None:
         return "missing"
     if set(cert.domains) != set(domains):
         return "domains changed"
     if now >= cert.not_after:
         return "expired"
-    if now >= renewal_time(cert):
-        return "due"
+    when = when or plan(cert)
+    if now >= when.at:
+        return f"due ({when.reason})"
     return None
 
 
@@ -46,3 +71,53 @@ def backoff(attempts: int, retry_after: float | None = None,
     if retry_after is not None:
         delay = max(delay, timedelta(seconds=retry_after))
     return delay
+
+
+@dataclass(frozen=True)
+class Due:
+    name: str
+    reason: str
+    at: datetime  # when it became due (the most overdue go first)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one sweep should do, decided from stored facts and the clock alone."""
+
+    due: list[Due]  # ordered most urgent first
+    ari_checks: list[str]  # names whose ARI window should be fetched now
+    deploy: list[str]  # names issued but not yet on every node
+    wake_at: datetime | None  # the earliest moment something becomes due
+
+
+def decide(specs, overview: dict, now: datetime, *, before_expiry: timedelta | None,
+           ari: bool) -> Decision:
+    """`specs`: CertificateSpec-like (name, domains); `overview`: Store.overview()."""
+    due: list[Due] = []
+    ari_checks: list[str] = []
+    deploy: list[str] = []
+    wake: list[datetime] = []
+    for spec in specs:
+        cert, state, window = overview.get(spec.name, (None, None, None))
+        if state is not None and state.status.value == "issued":
+            deploy.append(spec.name)
+        if ari and cert is not None and now < cert.not_after:
+            if window is None or window.serial != cert.serial or window.next_check_at <= now:
+                ari_checks.append(spec.name)
+            else:
+                wake.append(window.next_check_at)
+        if state is not None and state.next_attempt_at and state.next_attempt_at > now:
+            wake.append(state.next_attempt_at)  # backing off
+            continue
+        when = plan(cert, before_expiry=before_expiry, ari=window) if cert else None
+        reason = needs_certificate(cert, tuple(spec.domains), now, when)
+        if reason is None:
+            wake.append(when.at)
+            continue
+        if cert is None or reason == "domains changed":
+            since = state.next_attempt_at if state and state.next_attempt_at else now
+        else:
+            since = min(when.at, cert.not_after)
+        due.append(Due(spec.name, reason, since))
+    due.sort(key=lambda d: d.at)
+    return Decision(due, ari_checks, deploy, min(wake) if wake else None)

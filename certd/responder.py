@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND = b"not found\n"
 UNAVAILABLE = b"unavailable\n"
+# aiohttp answers request lines longer than this itself (a 400 quoting the line); above its
+# 8 KiB default so that hostile tokens of several KiB still get the fixed 404.
+MAX_REQUEST_LINE = 16 * 1024
 
 
 class ChallengeStats:
@@ -57,8 +60,10 @@ def build_app(store: Store, stats: ChallengeStats | None = None,
         return web.Response(body=key_authorization.encode("ascii"), content_type="text/plain",
                             headers={"Cache-Control": "no-store"})
 
-    app = web.Application(client_max_size=1024)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app = web.Application(client_max_size=1024,
+                          handler_args={"max_line_size": MAX_REQUEST_LINE})
+    # [\s\S], not '.': a path with a %0A must not fall through to aiohttp's own 404
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app[STATS] = stats
     return app
 

@@ -9,8 +9,13 @@ import socket
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Callable
+
+from cryptography import x509
 
 from certd import deployers, renewal
+from certd.budget import Budget
+from certd.issuance import ari
 from certd.config import Config
 from certd.deployers.base import Deployer, DeployResult, Target
 from certd.errors import AcmeError, CertdError
@@ -23,6 +28,7 @@ from certd.model import (
     DeployStatus,
     Event,
     IssuedCertificate,
+    Order,
     Severity,
     utcnow,
 )
@@ -30,9 +36,9 @@ from certd.store.base import Store
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENT_ORDERS = 10
 MAX_CONCURRENT_NODES = 10
 LEASE_MARGIN = timedelta(minutes=1)
+LEASE_POLL = 0.2  # seconds between tries of a busy lease, when waiting for it
 
 
 def owner_id() -> str:
@@ -40,15 +46,41 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _dead_here(owner: str) -> bool:
+    """True if `owner` is a process on this host that no longer exists (killed, crashed)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class BudgetDeferred(CertdError):
+    """The request budget is spent: the order waits until `retry_at`."""
+
+    def __init__(self, message: str, retry_at: datetime):
+        self.retry_at = retry_at
+        super().__init__(message)
+
+
 class Certd:
     def __init__(self, config: Config, store: Store, issuer: Issuer,
-                 deployers_by_frontend: dict[str, Deployer], *, owner: str | None = None):
+                 deployers_by_frontend: dict[str, Deployer], *, owner: str | None = None,
+                 clock: Callable[[], datetime] = utcnow):
         self.config = config
         self.store = store
         self.issuer = issuer
         self.deployers = deployers_by_frontend
         self.owner = owner or owner_id()
-        self._orders = asyncio.Semaphore(MAX_CONCURRENT_ORDERS)
+        self.clock = clock
+        self.budget = Budget(store, config.renewal.budget, account=config.acme.directory)
+        self._orders = asyncio.Semaphore(config.renewal.max_concurrent)
         self._nodes = asyncio.Semaphore(MAX_CONCURRENT_NODES)
 
     # what should exist ----------------------------------------------------------------
@@ -65,49 +97,125 @@ class Certd:
                 return spec
         raise CertdError(f"certificate {name!r} is not configured")
 
+    async def plan(self, cert) -> renewal.Plan:
+        ari = await self.store.get_ari(cert.name) if self.config.acme.ari else None
+        return renewal.plan(cert, before_expiry=self.config.renewal.before_expiry, ari=ari)
+
     # issuance ---------------------------------------------------------------------------
-    async def renew(self, name: str, *, force: bool = False) -> IssuedCertificate | None:
-        """Issue a certificate for `name` if it needs one (or `force`). Returns the stored
-        certificate, or None when another process holds the lease. Raises AcmeError."""
+    async def renew(self, name: str, *, force: bool = False, wait: bool = False,
+                    requested_at: datetime | None = None) -> IssuedCertificate | None:
+        """Issue a certificate for `name` if it needs one, or if `force`d and nobody renewed it
+        since `requested_at`. Returns the current certificate, or None when another process
+        holds the lease (and `wait` is false). Raises AcmeError, BudgetDeferred."""
         spec = self.spec(name)
+        requested_at = requested_at or self.clock()
         lease = f"issue:{name}"
-        now = utcnow()
-        until = now + self.config.acme.order_timeout + LEASE_MARGIN
-        if not await self.store.acquire_lease(lease, self.owner, until, now):
+        if not await self._take_lease(lease, wait):
             log.info("certificate[%s]: another certd is issuing it; skipping", name)
             return None
         try:
-            current = await self.store.current_certificate(name)
             # checked again under the lease: another process may have just done the work
-            reason = "forced" if force else renewal.needs_certificate(current, spec.domains,
-                                                                       utcnow())
+            current = await self.store.current_certificate(name)
+            if force:
+                renewed_since = current is not None and current.issued_at >= requested_at
+                reason = None if renewed_since else "forced"
+            else:
+                when = await self.plan(current) if current else None
+                reason = renewal.needs_certificate(current, spec.domains, self.clock(), when)
             if reason is None:
                 return current
-            async with self._orders:
-                log.info("certificate[%s]: ordering (%s)", name, reason)
-                await self._set_state(name, status=CertStatus.ISSUING)
-                try:
-                    issued = await self.issuer.issue(spec)
-                except AcmeError as exc:
-                    await self._failed(name, exc)
-                    raise
-            stored = await self.store.add_certificate(issued)
-            await self._set_state(name, status=CertStatus.ISSUED, last_error=None, attempts=0,
-                                  next_attempt_at=None)
-            await self.store.add_event(Event(
-                "issue.ok", f"certificate[{name}]: issued serial {stored.serial}",
-                certificate=name,
-                data={"serial": stored.serial, "not_after": stored.not_after.isoformat(),
-                      "reason": reason},
-            ))
-            return stored
+            return await self._order(spec, current, reason)
         finally:
             await self.store.release_lease(lease, self.owner)
+
+    async def _order(self, spec: CertificateSpec, current: IssuedCertificate | None,
+                     reason: str) -> IssuedCertificate:
+        name = spec.name
+        resume = await self._unfinished_order(name)
+        replaces = await self._replaces(current) if current else None
+        ari_renewal = replaces is not None and reason == "due (ari)"
+        now = self.clock()
+        if resume is None and not ari_renewal:
+            verdict = await self.budget.check(spec.domains, now)
+            if not verdict.ok:
+                await self._set_state(name, next_attempt_at=verdict.retry_at,
+                                      last_error=verdict.reason)
+                await self.store.add_event(Event(
+                    "issue.deferred", f"certificate[{name}]: {verdict.reason}", Severity.WARNING,
+                    certificate=name, data={"retry_at": verdict.retry_at.isoformat()}))
+                raise BudgetDeferred(f"certificate[{name}]: {verdict.reason}; queued until "
+                                     f"{verdict.retry_at.isoformat(timespec='seconds')}",
+                                     verdict.retry_at)
+        reuse = current.key_pem if current and self.config.acme.reuse_key else None
+        async with self._orders:
+            log.info("certificate[%s]: ordering (%s)", name, reason)
+            await self._set_state(name, status=CertStatus.ISSUING)
+            if resume is None and not ari_renewal:
+                await self.budget.record_order(now)
+            try:
+                issued = await self.issuer.issue(spec, replaces=replaces, resume=resume,
+                                                 key_pem=reuse)
+            except AcmeError as exc:
+                if exc.identifier:
+                    await self.budget.record_failed_validation([exc.identifier], self.clock())
+                await self._failed(name, exc)
+                raise
+        stored = await self.store.add_certificate(issued)
+        await self.issuer.finished(issued.order_url, spec)
+        await self.budget.record_certificate(spec.domains, self.clock())
+        await self._set_state(name, status=CertStatus.ISSUED, last_error=None, attempts=0,
+                              next_attempt_at=None)
+        await self.store.add_event(Event(
+            "issue.ok", f"certificate[{name}]: issued serial {stored.serial}",
+            certificate=name,
+            data={"serial": stored.serial, "not_after": stored.not_after.isoformat(),
+                  "reason": reason, "replaces": replaces},
+        ))
+        return stored
+
+    async def _unfinished_order(self, name: str) -> Order | None:
+        """The last order, if a previous run left it unfinished (crash, CA outage)."""
+        orders = await self.store.orders(name, limit=1)
+        if orders and orders[0].status in ("pending", "ready", "processing"):
+            return orders[0]
+        if orders and orders[0].status == "valid" and orders[0].key_pem:
+            return orders[0]  # issued by the CA, never stored: download it
+        return None
+
+    async def _replaces(self, current: IssuedCertificate) -> str | None:
+        """The ARI certID for `replaces`, when the CA offers ARI."""
+        if not self.config.acme.ari:
+            return None
+        try:
+            if not await self.issuer.client.offers_ari():
+                return None
+            return ari.cert_id(x509.load_pem_x509_certificate(current.cert_pem.encode()))
+        except (ValueError, x509.ExtensionNotFound):
+            return None
+
+    async def _take_lease(self, lease: str, wait: bool) -> bool:
+        """Take the lease; take it over from a dead process on this host; with `wait`, keep
+        trying until the holder's order would have timed out."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + (self.config.acme.order_timeout + LEASE_MARGIN).total_seconds()
+        while True:
+            now = self.clock()
+            until = now + self.config.acme.order_timeout + LEASE_MARGIN
+            if await self.store.acquire_lease(lease, self.owner, until, now):
+                return True
+            holder = await self.store.lease_holder(lease, now)
+            if holder and _dead_here(holder) and await self.store.take_over_lease(
+                    lease, holder, self.owner, until):
+                log.warning("lease %s: holder %s is dead; taken over", lease, holder)
+                return True
+            if not wait or loop.time() > give_up:
+                return False
+            await asyncio.sleep(LEASE_POLL)
 
     async def _failed(self, name: str, exc: AcmeError) -> None:
         state = await self.store.get_state(name) or CertificateState(name)
         attempts = state.attempts + 1
-        next_at = utcnow() + renewal.backoff(attempts, exc.retry_after)
+        next_at = self.clock() + renewal.backoff(attempts, exc.retry_after)
         await self._set_state(name, status=CertStatus.FAILED, last_error=str(exc),
                               attempts=attempts, next_attempt_at=next_at)
         await self.store.add_event(Event(
@@ -120,7 +228,7 @@ class Certd:
 
     async def _set_state(self, name: str, **changes) -> None:
         state = await self.store.get_state(name) or CertificateState(name)
-        await self.store.put_state(replace(state, updated_at=utcnow(), **changes))
+        await self.store.put_state(replace(state, updated_at=self.clock(), **changes))
 
     # deployment -------------------------------------------------------------------------
     def targets(self, spec: CertificateSpec) -> list[Target]:
@@ -139,6 +247,15 @@ class Certd:
     async def deploy(self, name: str, *, only_stale: bool = False) -> list[DeployResult]:
         """Push the stored certificate to every node of its frontends (or, with `only_stale`,
         to the nodes that do not hold it yet). Raises CertdError if nothing is stored."""
+        lease = f"deploy:{name}"
+        if not await self._take_lease(lease, wait=True):
+            raise CertdError(f"certificate[{name}]: another certd keeps deploying it")
+        try:
+            return await self._deploy(name, only_stale)
+        finally:
+            await self.store.release_lease(lease, self.owner)
+
+    async def _deploy(self, name: str, only_stale: bool) -> list[DeployResult]:
         spec = self.spec(name)
         cert = await self.store.current_certificate(name)
         if cert is None:
@@ -183,34 +300,6 @@ class Certd:
             if d.frontend == target.frontend and d.node == target.node:
                 return d.serial
         return ""
-
-    # the sweep: the seam the scheduler calls -----------------------------------------
-    async def ensure(self, name: str, now: datetime | None = None) -> None:
-        """Issue if needed and not backing off, then bring every node up to date."""
-        state = await self.store.get_state(name)
-        now = now or utcnow()
-        backing_off = state and state.next_attempt_at and state.next_attempt_at > now
-        current = await self.store.current_certificate(name)
-        if not backing_off and renewal.needs_certificate(current, self.spec(name).domains, now):
-            await self.renew(name)
-        if await self.store.current_certificate(name) is not None:
-            await self.deploy(name, only_stale=True)
-
-    async def sweep(self) -> None:
-        """One pass over every configured certificate. Never raises: errors are recorded."""
-        await self.store.purge_challenges(utcnow())
-
-        async def one(name: str) -> None:
-            try:
-                await self.ensure(name)
-            except CertdError as exc:
-                log.warning("certificate[%s]: %s", name, exc)
-            except Exception:  # a bug must not stop the other certificates
-                log.exception("certificate[%s]: unexpected error", name)
-
-        specs = self.specs()
-        await asyncio.gather(*(one(spec.name) for spec in specs))
-        log.info("sweep done: %d certificates", len(specs))
 
     async def close(self) -> None:
         for deployer in set(self.deployers.values()):

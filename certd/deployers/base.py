@@ -11,6 +11,7 @@ Deployed layout, per certificate, on every node (a contract operators configure 
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,10 +57,20 @@ class Target:
         return cls(
             frontend=frontend, node=node, address=address, certificate=certificate,
             path=render(path, **values),
-            check=render(check, **values) if check else None,
-            reload=render(reload, **values) if reload else None,
+            check=render_command(check, values) if check else None,
+            reload=render_command(reload, values) if reload else None,
             timeout=timeout,
         )
+
+
+def render_command(template: str, values: dict[str, str]) -> str:
+    """Split the command into words first, then fill each word: a value with a space, a quote
+    or a ';' stays inside its one argument. Returns the command re-quoted for shlex.split."""
+    try:
+        words = shlex.split(template)
+    except ValueError:
+        return render(template, **values)  # unparseable: run_command reports it
+    return shlex.join(render(word, **values) for word in words)
 
 
 @dataclass(frozen=True)

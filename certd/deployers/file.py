@@ -8,6 +8,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from certd import failpoints
 from certd.config import FileDeployerConfig
 from certd.deployers.base import DeployResult, Target, file_set
 from certd.deployers.local import place, run_command, switch
@@ -27,6 +28,7 @@ class FileDeployer:
             previous = await asyncio.to_thread(place, path, cert.serial, file_set(cert))
         except OSError as exc:
             return DeployResult(target, False, f"{where}: write {path}: {exc.strerror or exc}")
+        failpoints.hit("deploy:switched")
         outputs = []
         for step, command in (("check", target.check), ("reload", target.reload)):
             if not command:

@@ -21,6 +21,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from certd import failpoints
 from certd.deployers.base import PemFile
 
 OUTPUT_LIMIT = 8192
@@ -65,15 +66,26 @@ def place(path: Path, version: str, files: list[PemFile]) -> str | None:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = versions / f".tmp-{version}-{os.getpid()}"
     tmp.mkdir(mode=0o711)
-    for f in files:
+    for i, f in enumerate(files):
         _write(tmp / f.name, f.content, f.mode)
+        if i == 1:
+            failpoints.hit("deploy:writing")
     _fsync_dir(tmp)
     final = versions / version
+    previous = current_version(path)
+    if previous == version and final.is_dir():
+        # The live set again (a redeploy of the same certificate): swap file by file, each
+        # rename atomic, so P never points at a missing directory; and prune nothing, so
+        # the set before it stays for rollback.
+        for f in files:
+            os.replace(tmp / f.name, final / f.name)
+        _fsync_dir(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return previous
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(versions)
-    previous = current_version(path)
     if path.exists() and not path.is_symlink():
         previous = _adopt_legacy(path, versions)
     switch(path, version)

@@ -248,6 +248,30 @@ class AcmeClient:
         resp = await self.post(url, {"csr": jose.encode_b64jose(csr_der)})
         return _decode(messages.Order, resp, "order")
 
+    async def offers_ari(self) -> bool:
+        try:
+            (await self.directory())["renewalInfo"]
+        except KeyError:
+            return False
+        return True
+
+    async def renewal_info(self, cert_id: str) -> tuple[dict, float | None] | None:
+        """GET <renewalInfo>/<certID> (RFC 9773 §4.1): the JSON and Retry-After, or None when
+        the directory offers no renewalInfo."""
+        directory = await self.directory()
+        try:
+            base = directory["renewalInfo"]
+        except KeyError:
+            return None
+        url = base.rstrip("/") + "/" + cert_id
+        resp = await self._request("GET", url)
+        if resp.status != 200:
+            raise _problem(resp, f"acme: renewalInfo {cert_id}")
+        doc = resp.json()
+        if not isinstance(doc, dict):
+            raise AcmeError("acme: renewalInfo: not a JSON object", type="certd:malformed")
+        return doc, resp.retry_after
+
     async def download(self, url: str) -> Response:
         return await self.post(url, accept="application/pem-certificate-chain")
 

@@ -10,4 +10,4 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22,128}$")
 
 
 def valid_token(token: str) -> bool:
-    return bool(TOKEN_RE.match(token))
+    return bool(TOKEN_RE.fullmatch(token))  # match() would let "$" accept a trailing \n

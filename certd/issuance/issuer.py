@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
@@ -14,7 +15,7 @@ import josepy as jose
 from acme import messages
 from cryptography import x509
 
-from certd import keys
+from certd import failpoints, keys
 from certd.errors import AcmeError
 from certd.issuance.client import AcmeClient, Response
 from certd.issuance.http01 import valid_token
@@ -72,36 +73,90 @@ class Issuer:
                                                   account.created_at))
             log.info("acme: registered account %s", uri)
 
-    async def issue(self, spec: CertificateSpec, *, replaces: str | None = None
+    async def issue(self, spec: CertificateSpec, *, replaces: str | None = None,
+                    resume: Order | None = None, key_pem: str | None = None
                     ) -> IssuedCertificate:
+        """Run one order to a stored-ready certificate. With `resume` (an order a previous run
+        left unfinished), pick it up where the CA has it; an order the CA no longer offers is
+        replaced by a new one. `key_pem` reuses a key instead of generating one."""
         await self.ensure_account()
         deadline = asyncio.get_running_loop().time() + self.order_timeout.total_seconds()
-        order_url, order = await self.client.new_order(spec.domains, replaces=replaces)
-        await self.store.save_order(Order(spec.name, order_url, _status(order)))
-        log.info("acme[%s]: order %s (%s)", spec.name, order_url, ", ".join(spec.domains))
+        order_url, order = None, None
+        if resume is not None:
+            order_url, order = await self._resumable(spec, resume)
+            key_pem = resume.key_pem or key_pem
+        if order is None:
+            order_url, order = await self.client.new_order(spec.domains, replaces=replaces)
+            log.info("acme[%s]: order %s (%s)", spec.name, order_url, ", ".join(spec.domains))
+        else:
+            replaces = resume.replaces
+            log.info("acme[%s]: resuming order %s (%s)", spec.name, order_url, _status(order))
+        resumed = resume is not None and order_url == resume.url
+        record = Order(spec.name, order_url, _status(order), domains=spec.domains,
+                       key_pem=key_pem, replaces=replaces,
+                       created_at=resume.created_at if resumed else utcnow())
+        await self.store.save_order(record)
         try:
-            await self._authorize_all(spec, order, deadline)
-            order = await self._poll(lambda: self.client.get_order(order_url),
-                                     ("ready", "valid", "invalid"), deadline, "order")
-            if _status(order) != "ready":
-                raise _order_error(order, "order is " + _status(order) + " after authorization")
-            key = await asyncio.to_thread(keys.generate_key, spec.key_type)
-            csr = keys.make_csr(key, spec.domains)
-            order = await self.client.finalize(order.finalize, csr)
-            if _status(order) != "valid":
+            if _status(order) == "pending":
+                await self._authorize_all(spec, order, deadline)
+            if _status(order) not in ("processing", "valid"):
+                order = await self._poll(lambda: self.client.get_order(order_url),
+                                         ("ready", "processing", "valid", "invalid"), deadline,
+                                         "order")
+            if _status(order) == "ready":
+                if key_pem is None:
+                    key_pem = keys.key_to_pem(
+                        await asyncio.to_thread(keys.generate_key, spec.key_type))
+                # saved before finalize: after a crash, the certificate the CA issues for this
+                # order can still be downloaded and used with this key
+                record = replace(record, key_pem=key_pem, status="ready")
+                await self.store.save_order(record)
+                failpoints.hit("issue:key-saved")
+                csr = keys.make_csr(keys.key_from_pem(key_pem), spec.domains)
+                order = await self.client.finalize(order.finalize, csr)
+                failpoints.hit("issue:finalized")
+            if _status(order) == "processing":
                 order = await self._poll(lambda: self.client.get_order(order_url),
                                          ("valid", "invalid"), deadline, "order")
             if _status(order) != "valid" or not order.certificate:
-                raise _order_error(order, "finalize did not give a certificate")
+                raise _order_error(order, "order is " + _status(order))
+            if key_pem is None:
+                raise AcmeError(f"acme[{spec.name}]: order {order_url} is valid but its key "
+                                "was not saved", type="certd:order")
             certs = await self._download(order.certificate)
-            issued = _issued(spec, key, certs, order_url)
+            issued = _issued(spec, keys.key_from_pem(key_pem), certs, order_url)
         except AcmeError as exc:
-            await self.store.save_order(Order(spec.name, order_url, "invalid", error=str(exc)))
+            if exc.transient:  # the CA went away mid-order: keep it resumable
+                await self.store.save_order(replace(record, error=str(exc)))
+            else:
+                await self.store.save_order(replace(record, status="invalid", error=str(exc),
+                                                    key_pem=None))
             raise
-        await self.store.save_order(Order(spec.name, order_url, "valid"))
         log.info("acme[%s]: issued serial %s, valid until %s", spec.name, issued.serial,
                  issued.not_after.isoformat())
         return issued
+
+    async def finished(self, order_url: str, spec: CertificateSpec) -> None:
+        """The certificate is stored: forget the order's copy of the key."""
+        await self.store.save_order(Order(spec.name, order_url, "valid", domains=spec.domains))
+
+    async def _resumable(self, spec: CertificateSpec, previous: Order
+                         ) -> tuple[str | None, messages.Order | None]:
+        if set(previous.domains) != set(spec.domains):
+            return None, None
+        try:
+            order, _ = await self.client.get_order(previous.url)
+        except AcmeError as exc:
+            if exc.transient:
+                raise
+            log.info("acme[%s]: previous order %s is gone (%s); ordering anew", spec.name,
+                     previous.url, exc)
+            return None, None
+        if _status(order) not in ("pending", "ready", "processing", "valid"):
+            return None, None
+        if _status(order) in ("processing", "valid") and not previous.key_pem:
+            return None, None  # finalized with a key we never saved: unusable
+        return previous.url, order
 
     async def _authorize_all(self, spec: CertificateSpec, order: messages.Order,
                              deadline: float) -> None:
@@ -229,8 +284,8 @@ def _authz_error(cert: str, name: str, authz: messages.Authorization) -> AcmeErr
             err = challenge.error
             return AcmeError(
                 f"acme[{cert}]: validation of {name} failed: {err.typ}: {err.detail}",
-                type=err.typ, detail=err.detail or "",
+                type=err.typ, detail=err.detail or "", identifier=name,
             )
     # acme2certifier marks the authorization invalid without any error document
     return AcmeError(f"acme[{cert}]: authorization for {name} is {_status(authz)}",
-                     type="certd:authorization")
+                     type="certd:authorization", identifier=name)

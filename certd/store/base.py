@@ -18,6 +18,8 @@ from typing import Protocol
 
 from certd.model import (
     Account,
+    AriState,
+    CertSummary,
     CertificateState,
     Challenge,
     Deployment,
@@ -69,7 +71,28 @@ class Store(Protocol):
         """Insert or update by `url`."""
         ...
 
-    async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]: ...
+    async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]:
+        """Newest first."""
+        ...
+
+    # ARI windows, one per certificate name (for its current serial)
+    async def get_ari(self, name: str) -> AriState | None: ...
+
+    async def put_ari(self, ari: AriState) -> None: ...
+
+    # the request ledger behind the budget: (kind, key, time) entries
+    async def ledger_add(self, kind: str, keys: list[str], at: datetime) -> None: ...
+
+    async def ledger_times(self, kind: str, key: str, since: datetime) -> list[datetime]:
+        """Times of `kind` entries for `key` after `since`, oldest first."""
+        ...
+
+    async def ledger_purge(self, before: datetime) -> int: ...
+
+    # one bulk read for the sweep: name -> (current certificate, state, ARI), for every name
+    # that has any of them
+    async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
+                                                AriState | None]]: ...
 
     # per-node deployments (one row per certificate x frontend x node, the latest)
     async def put_deployment(self, deployment: Deployment) -> None: ...
@@ -88,6 +111,15 @@ class Store(Protocol):
     # leases: at most one holder per name until it releases or the lease expires
     async def acquire_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
         """Take or extend the lease on `name` for `owner`; False if someone else holds it."""
+        ...
+
+    async def lease_holder(self, name: str, now: datetime) -> str | None:
+        """Who holds an unexpired lease on `name`, or None."""
+        ...
+
+    async def take_over_lease(self, name: str, old_owner: str, owner: str,
+                              until: datetime) -> bool:
+        """Take the lease from `old_owner` (a holder known to be dead) if it still holds it."""
         ...
 
     async def release_lease(self, name: str, owner: str) -> None: ...

@@ -69,4 +69,24 @@ MIGRATIONS: list[list[str]] = [
             owner TEXT NOT NULL,
             expires_at TEXT NOT NULL)""",
     ],
+    [  # 2: renewal — ARI windows, the request ledger, resumable orders
+        """CREATE TABLE ari (
+            name TEXT PRIMARY KEY,
+            serial TEXT NOT NULL,
+            window_start TEXT,
+            window_end TEXT,
+            renew_at TEXT,
+            next_check_at TEXT NOT NULL,
+            explanation_url TEXT,
+            checked_at TEXT NOT NULL)""",
+        """CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            at TEXT NOT NULL)""",
+        "CREATE INDEX ledger_by_key ON ledger (kind, key, at)",
+        "ALTER TABLE orders ADD COLUMN domains TEXT",
+        "ALTER TABLE orders ADD COLUMN key_pem TEXT",
+        "ALTER TABLE orders ADD COLUMN replaces TEXT",
+    ],
 ]

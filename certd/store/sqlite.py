@@ -14,6 +14,8 @@ import aiosqlite
 from certd.errors import StoreError
 from certd.model import (
     Account,
+    AriState,
+    CertSummary,
     CertificateState,
     CertStatus,
     Challenge,
@@ -62,6 +64,9 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreError(f"sqlite[{self.path}]: open: {exc}") from exc
+        except BaseException:  # a newer schema, a cancellation: never leave the connection
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._db is not None:
@@ -196,16 +201,7 @@ class SqliteStore:
     # state
     async def get_state(self, name: str) -> CertificateState | None:
         row = await self._one("SELECT * FROM cert_state WHERE name = ?", (name,))
-        if row is None:
-            return None
-        return CertificateState(
-            name=row["name"],
-            status=CertStatus(row["status"]),
-            last_error=row["last_error"],
-            attempts=row["attempts"],
-            next_attempt_at=_dt(row["next_attempt_at"]),
-            updated_at=_dt(row["updated_at"]),
-        )
+        return None if row is None else _state(row)
 
     async def put_state(self, state: CertificateState) -> None:
         await self._exec(
@@ -225,22 +221,76 @@ class SqliteStore:
     # orders
     async def save_order(self, order: Order) -> None:
         await self._exec(
-            "INSERT INTO orders (url, certificate, status, created_at, error) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(url) DO UPDATE SET "
-            "status = excluded.status, error = excluded.error",
-            (order.url, order.certificate, order.status, _ts(order.created_at), order.error),
+            "INSERT INTO orders (url, certificate, status, created_at, error, domains, key_pem, "
+            "replaces) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(url) DO UPDATE SET "
+            "status = excluded.status, error = excluded.error, key_pem = excluded.key_pem",
+            (order.url, order.certificate, order.status, _ts(order.created_at), order.error,
+             json.dumps(list(order.domains)), order.key_pem, order.replaces),
         )
 
     async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]:
         rows = await self._all(
             "SELECT * FROM orders WHERE (? IS NULL OR certificate = ?) "
-            "ORDER BY created_at DESC LIMIT ?",
+            "ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (certificate, certificate, limit),
         )
         return [
-            Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"])
+            Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"],
+                  tuple(json.loads(r["domains"] or "[]")), r["key_pem"], r["replaces"])
             for r in rows
         ]
+
+    # ARI windows
+    async def get_ari(self, name: str) -> AriState | None:
+        row = await self._one("SELECT * FROM ari WHERE name = ?", (name,))
+        return None if row is None else _ari(row)
+
+    async def put_ari(self, ari: AriState) -> None:
+        await self._exec(
+            "INSERT OR REPLACE INTO ari (name, serial, window_start, window_end, renew_at, "
+            "next_check_at, explanation_url, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ari.name, ari.serial, _ts(ari.window_start), _ts(ari.window_end),
+             _ts(ari.renew_at), _ts(ari.next_check_at), ari.explanation_url,
+             _ts(ari.checked_at)),
+        )
+
+    # the request ledger (budget)
+    async def ledger_add(self, kind: str, keys: list[str], at: datetime) -> None:
+        try:
+            await self.db.executemany(
+                "INSERT INTO ledger (kind, key, at) VALUES (?, ?, ?)",
+                [(kind, key, _ts(at)) for key in keys],
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
+
+    async def ledger_times(self, kind: str, key: str, since: datetime) -> list[datetime]:
+        rows = await self._all(
+            "SELECT at FROM ledger WHERE kind = ? AND key = ? AND at > ? ORDER BY at",
+            (kind, key, _ts(since)),
+        )
+        return [_dt(r[0]) for r in rows]
+
+    async def ledger_purge(self, before: datetime) -> int:
+        return await self._exec("DELETE FROM ledger WHERE at <= ?", (_ts(before),))
+
+    # the sweep's bulk read
+    async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
+                                                AriState | None]]:
+        certs = await self._all(
+            "SELECT c.name, c.serial, c.domains, c.not_before, c.not_after, c.issued_at "
+            "FROM certificates c JOIN (SELECT name, MAX(id) AS id FROM certificates "
+            "GROUP BY name) latest ON c.id = latest.id"
+        )
+        out: dict[str, list] = {}
+        for r in certs:
+            out.setdefault(r[0], [None, None, None])[0] = CertSummary(
+                r[0], r[1], tuple(json.loads(r[2])), _dt(r[3]), _dt(r[4]), _dt(r[5]))
+        for r in await self._all("SELECT * FROM cert_state"):
+            out.setdefault(r["name"], [None, None, None])[1] = _state(r)
+        for r in await self._all("SELECT * FROM ari"):
+            out.setdefault(r["name"], [None, None, None])[2] = _ari(r)
+        return {name: tuple(v) for name, v in out.items()}
 
     # deployments
     async def put_deployment(self, deployment: Deployment) -> None:
@@ -303,8 +353,42 @@ class SqliteStore:
         row = await self._one("SELECT owner FROM leases WHERE name = ?", (name,))
         return row is not None and row[0] == owner
 
+    async def lease_holder(self, name: str, now: datetime) -> str | None:
+        row = await self._one("SELECT owner FROM leases WHERE name = ? AND expires_at > ?",
+                              (name, _ts(now)))
+        return None if row is None else row[0]
+
+    async def take_over_lease(self, name: str, old_owner: str, owner: str,
+                              until: datetime) -> bool:
+        """Take a lease from `old_owner` (known dead) if it still holds it."""
+        changed = await self._exec(
+            "UPDATE leases SET owner = ?, expires_at = ? WHERE name = ? AND owner = ?",
+            (owner, _ts(until), name, old_owner),
+        )
+        return changed == 1
+
     async def release_lease(self, name: str, owner: str) -> None:
         await self._exec("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+
+def _state(row: sqlite3.Row) -> CertificateState:
+    return CertificateState(
+        name=row["name"],
+        status=CertStatus(row["status"]),
+        last_error=row["last_error"],
+        attempts=row["attempts"],
+        next_attempt_at=_dt(row["next_attempt_at"]),
+        updated_at=_dt(row["updated_at"]),
+    )
+
+
+def _ari(row: sqlite3.Row) -> AriState:
+    return AriState(
+        name=row["name"], serial=row["serial"], window_start=_dt(row["window_start"]),
+        window_end=_dt(row["window_end"]), renew_at=_dt(row["renew_at"]),
+        next_check_at=_dt(row["next_check_at"]), explanation_url=row["explanation_url"],
+        checked_at=_dt(row["checked_at"]),
+    )
 
 
 def _cert(row: sqlite3.Row) -> IssuedCertificate:

@@ -1,0 +1,16 @@
+"""Named crash points for testing crash safety: with CERTD_FAILPOINT=<name> in its
+environment, certd kills itself with SIGKILL when it reaches that point — the same as a power
+cut or `kill -9` there. Unset (always, in production), `hit()` only reads a dict.
+
+Points: issue:key-saved (certificate key stored, finalize not sent), issue:finalized (the CA
+issued, nothing stored yet), deploy:writing (part of the new set written), deploy:switched
+(the new set in place, not reloaded yet).
+"""
+
+import os
+import signal
+
+
+def hit(name: str) -> None:
+    if os.environ.get("CERTD_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,184 @@
+"""The periodic work: a renewal sweep (ARI checks, due renewals, pending deploys) and the deploy
+sync. The scheduler calls these; so do `certd renew --all` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from certd import renewal
+from certd.errors import AcmeError, CertdError
+from certd.issuance import ari
+from certd.model import AriState, Event, Severity
+from certd.service import Certd
+
+log = logging.getLogger(__name__)
+
+ARI_CONCURRENCY = 10
+ARI_ERROR_RETRY = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    due: int
+    renewed: int
+    failed: int
+    wake_at: datetime | None  # the earliest moment the next sweep has work
+    seconds: float
+
+
+class Sweeper:
+    def __init__(self, certd: Certd):
+        self.certd = certd
+        self.store = certd.store
+        self._lock = asyncio.Lock()
+        self.last: SweepResult | None = None
+
+    async def decide(self) -> renewal.Decision:
+        return renewal.decide(
+            self.certd.specs(), await self.store.overview(), self.certd.clock(),
+            before_expiry=self.certd.config.renewal.before_expiry,
+            ari=self.certd.config.acme.ari,
+        )
+
+    async def sweep(self) -> SweepResult | None:
+        """One pass. Never raises for a certificate's failure: it is recorded and backed off.
+        Returns None if a sweep was already running (its result will cover this one)."""
+        if self._lock.locked():
+            return None
+        async with self._lock:
+            started = time.perf_counter()
+            now = self.certd.clock()
+            await self.store.purge_challenges(now)
+            await self.certd.budget.purge(now)
+            decision = await self.decide()
+            if decision.ari_checks and await self._offers_ari():
+                await self._check_ari(decision.ari_checks)
+                decision = await self.decide()
+            outcomes = await asyncio.gather(*(self._renew(d) for d in decision.due))
+            renewed = [name for name, ok in outcomes if ok]
+            for name in dict.fromkeys(renewed + decision.deploy):
+                await self._deploy(name)
+            if renewed or any(not ok for _, ok in outcomes):
+                decision = await self.decide()  # new certificates, new backoffs: new wake time
+            result = SweepResult(len(outcomes), len(renewed), sum(not ok for _, ok in outcomes),
+                                 decision.wake_at, time.perf_counter() - started)
+            self.last = result
+            log.info("sweep done: %d certificates, %d due, %d renewed, %d failed; next %s",
+                     len(self.certd.specs()), result.due, result.renewed, result.failed,
+                     result.wake_at.isoformat(timespec="seconds") if result.wake_at else "-")
+            return result
+
+    async def _renew(self, due: renewal.Due) -> tuple[str, bool]:
+        try:
+            cert = await self.certd.renew(due.name)
+        except CertdError as exc:
+            log.warning("certificate[%s]: %s", due.name, exc)
+            return due.name, False
+        except Exception:  # a bug must not stop the other certificates
+            log.exception("certificate[%s]: unexpected error", due.name)
+            return due.name, False
+        return due.name, cert is not None
+
+    async def _deploy(self, name: str) -> None:
+        try:
+            await self.certd.deploy(name, only_stale=True)
+        except CertdError as exc:
+            log.warning("certificate[%s]: deploy: %s", name, exc)
+        except Exception:
+            log.exception("certificate[%s]: deploy: unexpected error", name)
+
+    async def deploy_sync(self) -> None:
+        """Bring every node up to date with the current certificate (nodes that were down)."""
+        for spec in self.certd.specs():
+            if await self.store.current_certificate(spec.name) is not None:
+                await self._deploy(spec.name)
+
+    # ARI ----------------------------------------------------------------------------------
+    async def _offers_ari(self) -> bool:
+        try:
+            return await self.certd.issuer.client.offers_ari()
+        except AcmeError as exc:
+            log.warning("ari: directory unavailable: %s", exc)
+            return False
+
+    async def _check_ari(self, names: list[str]) -> None:
+        gate = asyncio.Semaphore(ARI_CONCURRENCY)
+
+        async def one(name: str) -> None:
+            async with gate:
+                try:
+                    await self.check_ari(name)
+                except Exception:
+                    log.exception("ari[%s]: unexpected error", name)
+
+        await asyncio.gather(*(one(n) for n in names))
+
+    async def check_ari(self, name: str) -> AriState | None:
+        """Fetch the CA's window for the current certificate and store it, with a renewal
+        moment picked at random inside it (kept while the window stays the same)."""
+        cert = await self.store.current_certificate(name)
+        if cert is None:
+            return None
+        interval = self.certd.config.renewal.ari_interval
+        now = self.certd.clock()
+        previous = await self.store.get_ari(name)
+        if previous is not None and previous.serial != cert.serial:
+            previous = None
+        try:
+            cid = ari.cert_id(x509.load_pem_x509_certificate(cert.cert_pem.encode()))
+            got = await self.certd.issuer.client.renewal_info(cid)
+        except (ValueError, x509.ExtensionNotFound) as exc:
+            log.warning("ari[%s]: no certificate identifier: %s", name, exc)
+            got = None
+        except AcmeError as exc:
+            log.warning("ari[%s]: %s", name, exc)
+            state = AriState(name, cert.serial,
+                             previous.window_start if previous else None,
+                             previous.window_end if previous else None,
+                             previous.renew_at if previous else None,
+                             now + ari.clamp_retry(exc.retry_after, ARI_ERROR_RETRY), None, now)
+            await self.store.put_ari(state)
+            return state
+        window, retry_after = (None, None) if got is None else (_window(got[0], name), got[1])
+        renew_at = None
+        if window is not None and window.usable:
+            same = (previous is not None and previous.window_start == window.start
+                    and previous.window_end == window.end and previous.renew_at is not None)
+            renew_at = previous.renew_at if same else window.pick()
+        elif window is not None:
+            log.warning("ari[%s]: window ends before it starts (%s .. %s): ignored", name,
+                        window.start.isoformat(), window.end.isoformat())
+        state = AriState(
+            name, cert.serial, window.start if window else None, window.end if window else None,
+            renew_at, now + ari.clamp_retry(retry_after, interval),
+            window.explanation_url if window else None, now,
+        )
+        await self.store.put_ari(state)
+        if renew_at is not None and (previous is None or previous.renew_at != renew_at):
+            await self.store.add_event(Event(
+                "ari.window", f"ari[{name}]: renew at {renew_at.isoformat(timespec='seconds')} "
+                f"(window {window.start.isoformat()} .. {window.end.isoformat()})",
+                Severity.INFO, certificate=name,
+                data={"start": window.start.isoformat(), "end": window.end.isoformat(),
+                      "renew_at": renew_at.isoformat()}))
+        return state
+
+
+def _window(doc: dict, name: str) -> ari.Window | None:
+    try:
+        w = doc["suggestedWindow"]
+        start = datetime.fromisoformat(str(w["start"]).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(w["end"]).replace("Z", "+00:00"))
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("times without a timezone")
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("ari[%s]: malformed renewalInfo (%s): ignored", name, exc)
+        return None
+    url = doc.get("explanationURL")
+    return ari.Window(start, end, url if isinstance(url, str) else None)
