@@ -23,6 +23,7 @@ EXIT_CONFIG = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = utcnow()  # what `renew --force` compares against: work done after this counts
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(args.log_level or cfg.log_level)
+    args.started = started
     try:
         return args.func(cfg, args)
     except CertdError as exc:
@@ -176,7 +178,7 @@ def cmd_renew(cfg: Config, args: argparse.Namespace) -> int:
     _check_names(cfg, names)
 
     async def main() -> int:
-        requested_at = utcnow()
+        requested_at = args.started
         progress = Progress(len(names), "renew")
         failed = 0
         async with open_certd(cfg) as certd, challenge_listener(cfg, certd, shared=True):

@@ -221,6 +221,11 @@ class RenewalConfig(_Model):
     jitter: Duration = timedelta(minutes=2)  # spread scheduled jobs
     before_expiry: Duration | None = None  # fixed lead time; default: a third of the lifetime
     max_concurrent: int = Field(default=10, ge=1, le=1000)  # orders in flight
+    # waits after the 1st, 2nd, 3rd... consecutive failure (the last one repeats), ±10 % jitter
+    backoff: list[Duration] = Field(
+        default_factory=lambda: [timedelta(minutes=1), timedelta(minutes=10),
+                                 timedelta(minutes=100), timedelta(days=1)],
+        min_length=1)
     budget: BudgetConfig = BudgetConfig()
 
     @field_validator("sweep_interval", "ari_interval", "deploy_sync_interval")

@@ -63,10 +63,12 @@ def needs_certificate(cert: IssuedCertificate | None, domains: tuple[str, ...],
 
 
 def backoff(attempts: int, retry_after: float | None = None,
-            rng: random.Random | None = None) -> timedelta:
+            rng: random.Random | None = None,
+            steps: tuple[timedelta, ...] | list[timedelta] = BACKOFF) -> timedelta:
     """Delay before attempt number `attempts + 1` after `attempts` consecutive failures:
-    about 1 min, 10 min, 100 min, then daily (±10 % jitter), never less than Retry-After."""
-    base = BACKOFF[min(max(attempts, 1), len(BACKOFF)) - 1]
+    by default about 1 min, 10 min, 100 min, then daily (±10 % jitter), never less than
+    Retry-After."""
+    base = steps[min(max(attempts, 1), len(steps)) - 1]
     delay = base * (rng or random).uniform(0.9, 1.1)
     if retry_after is not None:
         delay = max(delay, timedelta(seconds=retry_after))

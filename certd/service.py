@@ -215,7 +215,8 @@ class Certd:
     async def _failed(self, name: str, exc: AcmeError) -> None:
         state = await self.store.get_state(name) or CertificateState(name)
         attempts = state.attempts + 1
-        next_at = self.clock() + renewal.backoff(attempts, exc.retry_after)
+        next_at = self.clock() + renewal.backoff(attempts, exc.retry_after,
+                                                 steps=self.config.renewal.backoff)
         await self._set_state(name, status=CertStatus.FAILED, last_error=str(exc),
                               attempts=attempts, next_attempt_at=next_at)
         await self.store.add_event(Event(

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 ACME_ERROR = "urn:ietf:params:acme:error:"
 BAD_NONCE = ACME_ERROR + "badNonce"
-MAX_NONCE_RETRIES = 10
+MAX_NONCE_RETRIES = 20  # at 50 % rejection, all 20 fail once in a million
 MAX_BODY = 1 << 20  # no ACME resource is anywhere near 1 MiB
 
 

@@ -79,6 +79,27 @@ class Issuer:
         """Run one order to a stored-ready certificate. With `resume` (an order a previous run
         left unfinished), pick it up where the CA has it; an order the CA no longer offers is
         replaced by a new one. `key_pem` reuses a key instead of generating one."""
+        try:
+            return await self._issue(spec, replaces, resume, key_pem)
+        except AcmeError as exc:
+            if exc.code != "accountDoesNotExist":
+                raise
+        # the CA forgot the account (a test CA restarted, a staging reset): register the same
+        # key again and start over once
+        log.warning("acme: account %s unknown to the CA; registering again",
+                    self.client.account_uri)
+        await self._reregister()
+        return await self._issue(spec, replaces, None, key_pem)
+
+    async def _reregister(self) -> None:
+        async with self._account_lock:
+            account = await self.store.get_account(self.client.directory_url)
+            uri = await self.client.register(self.client.key, email=self.email, eab=self.eab)
+            await self.store.save_account(Account(self.client.directory_url, uri,
+                                                  account.key_pem, account.created_at))
+
+    async def _issue(self, spec: CertificateSpec, replaces: str | None,
+                     resume: Order | None, key_pem: str | None) -> IssuedCertificate:
         await self.ensure_account()
         deadline = asyncio.get_running_loop().time() + self.order_timeout.total_seconds()
         order_url, order = None, None
