@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from certd import __version__, config as configuration
@@ -23,7 +26,7 @@ EXIT_CONFIG = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = utcnow()  # what `renew --force` compares against: work done after this counts
+    started = _process_start()  # `renew --force`: a renewal completed after this counts
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -45,6 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def _process_start() -> datetime:
+    """When this command was launched (not when Python finished importing): two commands
+    started together must see each other's work as 'after my request'."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22: starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return utcnow() - timedelta(seconds=max(0.0, age))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return utcnow()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,6 +15,9 @@ from certd.model import AriState, IssuedCertificate
 
 SHORT_LIFETIME = timedelta(days=10)
 BACKOFF = (timedelta(minutes=1), timedelta(minutes=10), timedelta(minutes=100), timedelta(days=1))
+# Retry-After is honoured up to the longest rate-limit window (7 days); beyond that a CA's
+# value is an error, and a huge one would overflow the date arithmetic after it.
+MAX_RETRY_AFTER = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def backoff(attempts: int, retry_after: float | None = None,
     base = steps[min(max(attempts, 1), len(steps)) - 1]
     delay = base * (rng or random).uniform(0.9, 1.1)
     if retry_after is not None:
-        delay = max(delay, timedelta(seconds=retry_after))
+        delay = max(delay, timedelta(seconds=min(retry_after, MAX_RETRY_AFTER.total_seconds())))
     return delay
 
 
@@ -93,8 +96,9 @@ class Decision:
 
 
 def decide(specs, overview: dict, now: datetime, *, before_expiry: timedelta | None,
-           ari: bool) -> Decision:
-    """`specs`: CertificateSpec-like (name, domains); `overview`: Store.overview()."""
+           ari: bool, unfinished: set[str] = frozenset()) -> Decision:
+    """`specs`: CertificateSpec-like (name, domains); `overview`: Store.overview();
+    `unfinished`: names with an interrupted order to resume."""
     due: list[Due] = []
     ari_checks: list[str] = []
     deploy: list[str] = []
@@ -113,10 +117,12 @@ def decide(specs, overview: dict, now: datetime, *, before_expiry: timedelta | N
             continue
         when = plan(cert, before_expiry=before_expiry, ari=window) if cert else None
         reason = needs_certificate(cert, tuple(spec.domains), now, when)
+        if reason is None and spec.name in unfinished:
+            reason = "resume"
         if reason is None:
             wake.append(when.at)
             continue
-        if cert is None or reason == "domains changed":
+        if cert is None or reason in ("domains changed", "resume"):
             since = state.next_attempt_at if state and state.next_attempt_at else now
         else:
             since = min(when.at, cert.not_after)

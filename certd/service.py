@@ -122,6 +122,8 @@ class Certd:
             else:
                 when = await self.plan(current) if current else None
                 reason = renewal.needs_certificate(current, spec.domains, self.clock(), when)
+                if reason is None and await self._unfinished_order(name):
+                    reason = "resume"  # an interrupted order: finish it rather than abandon it
             if reason is None:
                 return current
             return await self._order(spec, current, reason)

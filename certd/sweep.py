@@ -44,6 +44,7 @@ class Sweeper:
             self.certd.specs(), await self.store.overview(), self.certd.clock(),
             before_expiry=self.certd.config.renewal.before_expiry,
             ari=self.certd.config.acme.ari,
+            unfinished={o.certificate for o in await self.store.unfinished_orders()},
         )
 
     async def sweep(self) -> SweepResult | None:

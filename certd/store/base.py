@@ -75,6 +75,11 @@ class Store(Protocol):
         """Newest first."""
         ...
 
+    async def unfinished_orders(self) -> list[Order]:
+        """Per certificate, its latest order if a run left it unfinished (crash, CA outage):
+        pending, ready, processing, or valid at the CA with its key not yet forgotten."""
+        ...
+
     # ARI windows, one per certificate name (for its current serial)
     async def get_ari(self, name: str) -> AriState | None: ...
 

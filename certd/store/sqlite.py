@@ -240,6 +240,19 @@ class SqliteStore:
             for r in rows
         ]
 
+    async def unfinished_orders(self) -> list[Order]:
+        rows = await self._all(
+            "SELECT o.* FROM orders o JOIN (SELECT certificate, MAX(rowid) AS last FROM orders "
+            "GROUP BY certificate) latest ON o.rowid = latest.last "
+            "WHERE o.status IN ('pending', 'ready', 'processing') "
+            "OR (o.status = 'valid' AND o.key_pem IS NOT NULL)"
+        )
+        return [
+            Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"],
+                  tuple(json.loads(r["domains"] or "[]")), r["key_pem"], r["replaces"])
+            for r in rows
+        ]
+
     # ARI windows
     async def get_ari(self, name: str) -> AriState | None:
         row = await self._one("SELECT * FROM ari WHERE name = ?", (name,))

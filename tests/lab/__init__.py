@@ -8,6 +8,7 @@ Typical use (or the session-scoped ``lab`` fixture from :mod:`tests.lab.fixtures
              # lab.pebble.ca_bundle, lab.deploy_path_template, lab.reload_command
 """
 
+from .a2c import WINDOWS, Acme2Certifier, AriWindow, ari_cert_id
 from .certs import FALLBACK_CN
 from .frontends import CERT_FILE, FALLBACK_DIR, KEY_FILE
 from .lab import Lab, Node
@@ -16,6 +17,8 @@ from .procs import LabError, ManagedProcess, free_port, wait_until
 from .responder import SeenRequest, StandInResponder
 
 __all__ = [
+    "Acme2Certifier",
+    "AriWindow",
     "CERT_FILE",
     "ChallTestSrv",
     "DEFAULT_ENV",
@@ -31,6 +34,8 @@ __all__ = [
     "Pebble",
     "SeenRequest",
     "StandInResponder",
+    "WINDOWS",
+    "ari_cert_id",
     "free_port",
     "wait_until",
 ]

@@ -134,8 +134,9 @@ class ManagedProcess:
         return self.popen.pid if self.popen else None
 
     def start(self) -> "ManagedProcess":
-        """Start the process in a new session with output going to ``log_path``."""
-        if self.popen is not None:
+        """Start the process in a new session with output going to ``log_path`` (again after
+        a stop: the log is appended to)."""
+        if self.alive():
             raise LabError(f"{self.name} already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
