@@ -80,22 +80,23 @@ class Certd:
         self.owner = owner or owner_id()
         self.clock = clock
         self.budget = Budget(store, config.renewal.budget, account=config.acme.directory)
+        self._specs = {
+            c.name: CertificateSpec(c.name, tuple(c.domains), tuple(c.frontends),
+                                    c.key_type or config.acme.key_type)
+            for c in config.certificates
+        }
         self._orders = asyncio.Semaphore(config.renewal.max_concurrent)
         self._nodes = asyncio.Semaphore(MAX_CONCURRENT_NODES)
 
     # what should exist ----------------------------------------------------------------
     def specs(self) -> list[CertificateSpec]:
-        return [
-            CertificateSpec(c.name, tuple(c.domains), tuple(c.frontends),
-                            c.key_type or self.config.acme.key_type)
-            for c in self.config.certificates
-        ]
+        return list(self._specs.values())
 
     def spec(self, name: str) -> CertificateSpec:
-        for spec in self.specs():
-            if spec.name == name:
-                return spec
-        raise CertdError(f"certificate {name!r} is not configured")
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise CertdError(f"certificate {name!r} is not configured") from None
 
     async def plan(self, cert) -> renewal.Plan:
         ari = await self.store.get_ari(cert.name) if self.config.acme.ari else None
@@ -134,7 +135,11 @@ class Certd:
                      reason: str) -> IssuedCertificate:
         name = spec.name
         resume = await self._unfinished_order(name)
-        replaces = await self._replaces(current) if current else None
+        try:
+            replaces = await self._replaces(current) if current else None
+        except AcmeError as exc:  # the CA is unreachable: a failure like any other
+            await self._failed(name, exc)
+            raise
         ari_renewal = replaces is not None and reason == "due (ari)"
         now = self.clock()
         if resume is None and not ari_renewal:
