@@ -151,6 +151,8 @@ class ApiConfig(_Model):
 class NodeConfig(_Model):
     name: Slug
     address: str = Field(min_length=1)
+    ssh_port: int | None = Field(default=None, gt=0, lt=65536)  # overrides deployer.port
+    minion: str | None = Field(default=None, min_length=1)  # salt minion id; default: name
 
     @field_validator("address")
     @classmethod
@@ -160,12 +162,45 @@ class NodeConfig(_Model):
         return v
 
 
-class FileDeployerConfig(_Model):
+class _DeployerBase(_Model):
+    path: Template = Field(min_length=1)  # the certificate's directory on the node
+    strategy: Literal["parallel", "rolling"] = "parallel"
+    max_parallel: int = Field(default=10, ge=1, le=1000)  # nodes in flight
+
+
+class FileDeployerConfig(_DeployerBase):
     type: Literal["file"]
-    path: Template = Field(min_length=1)
 
 
-DeployerConfig = FileDeployerConfig  # becomes a discriminated union on `type` with ssh / salt
+class SshDeployerConfig(_DeployerBase):
+    type: Literal["ssh"]
+    user: str = Field(default="certd", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    port: int = Field(default=22, gt=0, lt=65536)
+    key_file: Path
+    known_hosts: Path  # required: host keys are always checked
+    connect_timeout: Duration = timedelta(seconds=10)
+
+
+class SaltDeployerConfig(_DeployerBase):
+    type: Literal["salt"]
+    url: str
+    username: str = Field(min_length=1)
+    password_file: Path
+    eauth: str = Field(default="file", min_length=1)
+    timeout: Duration = timedelta(seconds=60)  # how long salt waits for minions
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+
+# the registry: one config model per deployer type (certd.deployers.build maps them)
+DeployerConfig = Annotated[
+    FileDeployerConfig | SshDeployerConfig | SaltDeployerConfig, Field(discriminator="type")
+]
 
 
 class FrontendConfig(_Model):
@@ -175,6 +210,8 @@ class FrontendConfig(_Model):
     check: Template | None = None
     reload: Template | None = None
     command_timeout: Duration = timedelta(seconds=60)
+    verify: bool = True  # after reload, poll each node until it serves the new serial
+    verify_timeout: Duration = timedelta(seconds=30)
 
     @field_validator("nodes")
     @classmethod
@@ -295,12 +332,25 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+DEPLOYER_TYPES = ("file", "ssh", "salt")
+
+
 def _problems(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # a tagged union adds its tag to the path (deployer.ssh.key_file): drop it
+        loc = tuple(p for i, p in enumerate(loc)
+                    if not (i and loc[i - 1] == "deployer" and p in DEPLOYER_TYPES))
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "union_tag_invalid":
+            loc = loc + ("type",)
+            msg = (f"unknown type {err['ctx']['tag']!r}; expected one of "
+                   f"{err['ctx']['expected_tags']}")
+        elif err["type"] == "union_tag_not_found":
+            loc = loc + ("type",)
+            msg = "required key is missing"
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"

@@ -56,7 +56,8 @@ class AcmeError(CertdError):
 class DeployError(CertdError):
     """Placing, reloading or verifying a certificate on a node failed."""
 
-    def __init__(self, message: str, *, node: str, transient: bool = False):
+    def __init__(self, message: str, *, node: str, transient: bool = False, kind: str = ""):
         self.node = node
         self.transient = transient
+        self.kind = kind  # host_key | auth | unreachable | ... ('' when unspecified)
         super().__init__(message)

@@ -13,7 +13,7 @@ from typing import Callable
 
 from cryptography import x509
 
-from certd import deployers, renewal
+from certd import deployers, renewal, rollout
 from certd.budget import Budget
 from certd.issuance import ari
 from certd.config import Config
@@ -24,7 +24,6 @@ from certd.model import (
     CertificateSpec,
     CertificateState,
     CertStatus,
-    Deployment,
     DeployStatus,
     Event,
     IssuedCertificate,
@@ -32,11 +31,11 @@ from certd.model import (
     Severity,
     utcnow,
 )
+from certd.rollout import Rollout
 from certd.store.base import Store
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENT_NODES = 10
 LEASE_MARGIN = timedelta(minutes=1)
 LEASE_POLL = 0.2  # seconds between tries of a busy lease, when waiting for it
 
@@ -86,7 +85,7 @@ class Certd:
             for c in config.certificates
         }
         self._orders = asyncio.Semaphore(config.renewal.max_concurrent)
-        self._nodes = asyncio.Semaphore(MAX_CONCURRENT_NODES)
+        self._rollout = Rollout(config, store, deployers_by_frontend, clock)
 
     # what should exist ----------------------------------------------------------------
     def specs(self) -> list[CertificateSpec]:
@@ -240,21 +239,12 @@ class Certd:
 
     # deployment -------------------------------------------------------------------------
     def targets(self, spec: CertificateSpec) -> list[Target]:
-        out = []
-        for group in spec.frontends:
-            frontend = self.config.frontends[group]
-            for node in frontend.nodes:
-                out.append(Target.render(
-                    frontend=group, node=node.name, address=node.address,
-                    certificate=spec.name, path=frontend.deployer.path,
-                    check=frontend.check, reload=frontend.reload,
-                    timeout=frontend.command_timeout.total_seconds(),
-                ))
-        return out
+        return rollout.targets(self.config, spec)
 
     async def deploy(self, name: str, *, only_stale: bool = False) -> list[DeployResult]:
         """Push the stored certificate to every node of its frontends (or, with `only_stale`,
-        to the nodes that do not hold it yet). Raises CertdError if nothing is stored."""
+        to the nodes that do not hold it yet), verify each node serves it, roll back those
+        that do not. Raises CertdError if nothing is stored."""
         lease = f"deploy:{name}"
         if not await self._take_lease(lease, wait=True):
             raise CertdError(f"certificate[{name}]: another certd keeps deploying it")
@@ -270,44 +260,17 @@ class Certd:
             raise CertdError(f"certificate[{name}]: nothing stored to deploy; run renew first")
         targets = self.targets(spec)
         if only_stale:
-            done = {(d.frontend, d.node) for d in await self.store.deployments(name)
-                    if d.serial == cert.serial and d.status is DeployStatus.DEPLOYED}
+            done = await self._holding(name, cert.serial)
             targets = [t for t in targets if (t.frontend, t.node) not in done]
-        results = await asyncio.gather(*(self._deploy_one(t, cert) for t in targets))
-        all_done = {(d.frontend, d.node) for d in await self.store.deployments(name)
-                    if d.serial == cert.serial and d.status is DeployStatus.DEPLOYED}
-        if all((t.frontend, t.node) in all_done for t in self.targets(spec)):
+        results = await self._rollout.run(spec, cert, targets)
+        done = await self._holding(name, cert.serial)
+        if all((t.frontend, t.node) in done for t in self.targets(spec)):
             await self._set_state(name, status=CertStatus.DEPLOYED)
-        return list(results)
+        return results
 
-    async def _deploy_one(self, target: Target, cert: IssuedCertificate) -> DeployResult:
-        async with self._nodes:
-            result = await self.deployers[target.frontend].deploy(target, cert)
-        if result.ok:
-            status = DeployStatus.DEPLOYED
-        else:
-            status = DeployStatus.ROLLED_BACK if result.rolled_back else DeployStatus.FAILED
-        await self.store.put_deployment(Deployment(
-            target.certificate, target.frontend, target.node,
-            cert.serial if result.ok else await self._held_serial(target), status,
-            result.message,
-        ))
-        await self.store.add_event(Event(
-            "deploy.ok" if result.ok else "deploy.failed", result.message,
-            Severity.INFO if result.ok else Severity.ERROR,
-            certificate=target.certificate, node=target.node,
-            data={"frontend": target.frontend, "serial": cert.serial,
-                  "rolled_back": result.rolled_back, "output": result.output[-4000:]},
-        ))
-        (log.info if result.ok else log.error)("%s", result.message)
-        return result
-
-    async def _held_serial(self, target: Target) -> str:
-        """After a failed deploy the node keeps what it had (rolled back) — if we know it."""
-        for d in await self.store.deployments(target.certificate):
-            if d.frontend == target.frontend and d.node == target.node:
-                return d.serial
-        return ""
+    async def _holding(self, name: str, serial: str) -> set[tuple[str, str]]:
+        return {(d.frontend, d.node) for d in await self.store.deployments(name)
+                if d.serial == serial and d.status is DeployStatus.DEPLOYED}
 
     async def close(self) -> None:
         for deployer in set(self.deployers.values()):

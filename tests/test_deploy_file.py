@@ -16,7 +16,8 @@ from certd import deployers
 from certd.config import FileDeployerConfig
 from certd.deployers.base import Target, file_set
 from certd.deployers.file import FileDeployer
-from certd.deployers.local import current_version, place, remove, run_command
+from certd.deployers import layout
+from certd.deployers.local import LocalFS, run_command
 from certd.keys import cert_info, cert_to_pem, generate_key, key_to_pem, self_signed
 from certd.model import IssuedCertificate
 
@@ -56,10 +57,33 @@ def target(template: str, *, check: str | None = None, reload: str | None = None
                          timeout=timeout)
 
 
-def deployer(template: str) -> FileDeployer:
+class OneNode:
+    """The deployer, one target at a time (its Protocol takes batches)."""
+
+    def __init__(self, built: FileDeployer):
+        self.built = built
+
+    async def deploy(self, target: Target, cert: IssuedCertificate):
+        [result] = await self.built.deploy([target], cert)
+        return result
+
+    async def roll_back(self, target: Target):
+        [result] = await self.built.roll_back([target])
+        return result
+
+    async def remove(self, target: Target):
+        [result] = await self.built.remove([target])
+        return result
+
+
+def deployer(template: str) -> OneNode:
     built = deployers.build(FileDeployerConfig(type="file", path=template))
     assert isinstance(built, FileDeployer)
-    return built
+    return OneNode(built)
+
+
+def current_version(path: Path) -> str | None:
+    return os.path.basename(os.readlink(path)) if path.is_symlink() else None
 
 
 def versions_of(path: Path) -> set[str]:
@@ -310,22 +334,34 @@ async def test_crash_leftovers_are_cleaned_and_never_pointed_at(template):
     assert served_serial(path, cert)
 
 
-def test_each_placement_points_at_a_complete_set(tmp_path):
+async def test_each_placement_points_at_a_complete_set(tmp_path):
     """After every placement P resolves to a directory holding all five files."""
     path = tmp_path / "p"
     for _ in range(3):
         cert = issued()
-        place(path, cert.serial, file_set(cert))
+        await layout.place(LocalFS(), str(path), cert.serial, file_set(cert))
         assert sorted(os.listdir(path)) == sorted(f.name for f in file_set(cert))
 
 
-def test_remove(tmp_path):
+async def test_remove(tmp_path):
     path = tmp_path / "p"
     cert = issued()
-    place(path, cert.serial, file_set(cert))
-    remove(path)
+    await layout.place(LocalFS(), str(path), cert.serial, file_set(cert))
+    await layout.remove(LocalFS(), str(path))
     assert not path.exists() and not path.is_symlink()
     assert not (tmp_path / ".p.d").exists()
+
+
+async def test_roll_back_and_remove_through_the_deployer(template):
+    d = deployer(template)
+    t = target(template, reload="true")
+    path = Path(t.path)
+    first, second = issued(), issued()
+    assert (await d.deploy(t, first)).ok and (await d.deploy(t, second)).ok
+    back = await d.roll_back(t)
+    assert back.ok and back.rolled_back and current_version(path) == first.serial
+    removed = await d.remove(t)
+    assert removed.ok and not path.exists() and not path.is_symlink()
 
 
 # --- run_command -------------------------------------------------------------------------

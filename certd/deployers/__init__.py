@@ -1,14 +1,17 @@
 """Deployers: one Protocol, one implementation per `deployer.type`."""
 
-from certd.config import DeployerConfig, FileDeployerConfig
+from certd.config import DeployerConfig, FileDeployerConfig, SshDeployerConfig
 from certd.deployers.base import Deployer, DeployResult, Target, file_set
 from certd.deployers.file import FileDeployer
+from certd.deployers.ssh import SshDeployer
 
 
 def build(config: DeployerConfig) -> Deployer:
     """The registry: one branch per config model of the discriminated union."""
     if isinstance(config, FileDeployerConfig):
         return FileDeployer(config)
+    if isinstance(config, SshDeployerConfig):
+        return SshDeployer(config)
     raise TypeError(f"no deployer for {type(config).__name__}")
 
 

@@ -49,17 +49,20 @@ class Target:
     check: str | None
     reload: str | None
     timeout: float
+    port: int | None = None  # per-node SSH port override
+    minion: str | None = None  # salt minion id
 
     @classmethod
     def render(cls, *, frontend: str, node: str, address: str, certificate: str,
-               path: str, check: str | None, reload: str | None, timeout: float) -> Target:
+               path: str, check: str | None, reload: str | None, timeout: float,
+               port: int | None = None, minion: str | None = None) -> Target:
         values = {"node": node, "address": address, "certificate": certificate}
         return cls(
             frontend=frontend, node=node, address=address, certificate=certificate,
             path=render(path, **values),
             check=render_command(check, values) if check else None,
             reload=render_command(reload, values) if reload else None,
-            timeout=timeout,
+            timeout=timeout, port=port, minion=minion or node,
         )
 
 
@@ -82,18 +85,29 @@ class DeployResult:
     message: str
     rolled_back: bool = False
     output: str = ""
+    kind: str = ""  # what failed: host_key, auth, unreachable, write, check, reload, verify
 
 
 class Deployer(Protocol):
-    """Places certificates on nodes and reloads them.
+    """Places certificates on nodes and reloads them, a batch of targets at a time (one
+    frontend group's nodes, or the part of them a rolling strategy releases).
 
-    - `deploy` is idempotent: deploying the same certificate twice leaves the same files.
-    - It never raises for a node-level failure: it returns DeployResult(ok=False) after
-      restoring the node's previous files (rolled_back=True) where there were some.
+    - Returns one DeployResult per target, in order; a node-level failure is a result with
+      ok=False (after restoring that node's previous files where it had some), never an
+      exception. Other nodes of the batch are not affected.
+    - Idempotent: deploying the same certificate twice leaves the same files.
     - Files are placed atomically: a reader sees the old complete set or the new one.
-    - Safe to call concurrently for different targets; callers serialise per target.
+    - Safe to call concurrently for different certificates; callers serialise per certificate.
+    - `roll_back` points nodes back at the set before the last deploy and reloads them (after a
+      failed verification); `remove` deletes the certificate's files and reloads.
+    - `close` releases connections; the deployer may be used again afterwards.
     """
 
-    async def deploy(self, target: Target, cert: IssuedCertificate) -> DeployResult: ...
+    async def deploy(self, targets: list[Target], cert: IssuedCertificate
+                     ) -> list[DeployResult]: ...
+
+    async def roll_back(self, targets: list[Target]) -> list[DeployResult]: ...
+
+    async def remove(self, targets: list[Target]) -> list[DeployResult]: ...
 
     async def close(self) -> None: ...

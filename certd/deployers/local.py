@@ -1,15 +1,5 @@
-"""Local side of the file deployer: versioned directories switched by one symlink rename, and
-commands run without a shell.
-
-Layout under the configured path P (say /srv/fe1/certs/portal):
-
-    P -> .portal.d/<serial>            a relative symlink, replaced atomically
-    .portal.d/<serial>/*.pem           the five files, each fsynced
-    .portal.d/<previous serial>/*.pem  kept for rollback; older versions are pruned
-
-A crash at any point leaves P pointing at a complete set: the new directory is filled under a
-temporary name, fsynced, renamed, and only then does the symlink move.
-"""
+"""This machine as a node: a NodeFS over the local filesystem (blocking calls in threads),
+and commands run without a shell."""
 
 from __future__ import annotations
 
@@ -19,113 +9,84 @@ import shlex
 import shutil
 import signal
 from dataclasses import dataclass
-from pathlib import Path
-
-from certd import failpoints
-from certd.deployers.base import PemFile
 
 OUTPUT_LIMIT = 8192
 
 
-def _versions_dir(path: Path) -> Path:
-    return path.parent / f".{path.name}.d"
+class LocalFS:
+    """NodeFS for the local filesystem; every call runs in a worker thread."""
+
+    async def mkdir(self, path: str, mode: int) -> None:
+        await asyncio.to_thread(_mkdir, path, mode)
+
+    async def write(self, path: str, data: bytes, mode: int) -> None:
+        await asyncio.to_thread(_write, path, data, mode)
+
+    async def rename(self, src: str, dst: str) -> None:
+        await asyncio.to_thread(os.replace, src, dst)
+
+    async def symlink(self, target: str, link: str) -> None:
+        await asyncio.to_thread(os.symlink, target, link)
+
+    async def readlink(self, path: str) -> str | None:
+        try:
+            return await asyncio.to_thread(os.readlink, path)
+        except (FileNotFoundError, OSError):
+            return None
+
+    async def kind(self, path: str) -> str | None:
+        return await asyncio.to_thread(_kind, path)
+
+    async def listdir(self, path: str) -> list[str]:
+        try:
+            return await asyncio.to_thread(os.listdir, path)
+        except FileNotFoundError:
+            return []
+
+    async def rmtree(self, path: str) -> None:
+        await asyncio.to_thread(_rmtree, path)
+
+    async def sync_dir(self, path: str) -> None:
+        await asyncio.to_thread(_fsync_dir, path)
 
 
-def _fsync_dir(path: Path) -> None:
+def _mkdir(path: str, mode: int) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, mode)
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _kind(path: str) -> str | None:
+    if os.path.islink(path):
+        return "link"
+    if os.path.isdir(path):
+        return "dir"
+    return "file" if os.path.exists(path) else None
+
+
+def _rmtree(path: str) -> None:
+    kind = _kind(path)
+    if kind == "dir":
+        shutil.rmtree(path, ignore_errors=True)
+    elif kind is not None:
+        os.unlink(path)
+
+
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write(path: Path, data: str, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-        os.write(fd, data.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def current_version(path: Path) -> str | None:
-    """The version directory name P points at, or None (no symlink yet)."""
-    if not path.is_symlink():
-        return None
-    return Path(os.readlink(path)).name
-
-
-def place(path: Path, version: str, files: list[PemFile]) -> str | None:
-    """Write `files` as version `version` of P and point P at it. Returns the version P
-    pointed at before (for rollback), or None. Blocking: run it in a thread."""
-    versions = _versions_dir(path)
-    versions.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(versions, 0o711)  # nodes' servers traverse it; files keep their own modes
-    for stale in versions.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = versions / f".tmp-{version}-{os.getpid()}"
-    tmp.mkdir(mode=0o711)
-    for i, f in enumerate(files):
-        _write(tmp / f.name, f.content, f.mode)
-        if i == 1:
-            failpoints.hit("deploy:writing")
-    _fsync_dir(tmp)
-    final = versions / version
-    previous = current_version(path)
-    if previous == version and final.is_dir():
-        # The live set again (a redeploy of the same certificate): swap file by file, each
-        # rename atomic, so P never points at a missing directory; and prune nothing, so
-        # the set before it stays for rollback.
-        for f in files:
-            os.replace(tmp / f.name, final / f.name)
-        _fsync_dir(final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return previous
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(versions)
-    if path.exists() and not path.is_symlink():
-        previous = _adopt_legacy(path, versions)
-    switch(path, version)
-    _prune(versions, keep={version, previous})
-    return previous
-
-
-def switch(path: Path, version: str) -> None:
-    """Point P at an existing version, atomically."""
-    target = Path(_versions_dir(path).name) / version
-    link = path.parent / f".{path.name}.link-{os.getpid()}"
-    if link.is_symlink():
-        link.unlink()
-    os.symlink(target, link)
-    os.replace(link, path)
-    _fsync_dir(path.parent)
-
-
-def remove(path: Path) -> None:
-    """Remove P and every version (the REST issue's DELETE)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-    shutil.rmtree(_versions_dir(path), ignore_errors=True)
-
-
-def _adopt_legacy(path: Path, versions: Path) -> str:
-    """A plain directory at P (files placed by hand or by another tool) becomes the version
-    'legacy', so the first deploy can still roll back to it."""
-    shutil.rmtree(versions / "legacy", ignore_errors=True)
-    os.rename(path, versions / "legacy")
-    return "legacy"
-
-
-def _prune(versions: Path, keep: set[str | None]) -> None:
-    """Keep the current and the previous version only."""
-    for entry in versions.iterdir():
-        if not entry.name.startswith(".") and entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
