@@ -1,8 +1,14 @@
 """Deployers: one Protocol, one implementation per `deployer.type`."""
 
-from certd.config import DeployerConfig, FileDeployerConfig, SshDeployerConfig
+from certd.config import (
+    DeployerConfig,
+    FileDeployerConfig,
+    SaltDeployerConfig,
+    SshDeployerConfig,
+)
 from certd.deployers.base import Deployer, DeployResult, Target, file_set
 from certd.deployers.file import FileDeployer
+from certd.deployers.salt import SaltDeployer
 from certd.deployers.ssh import SshDeployer
 
 
@@ -12,6 +18,8 @@ def build(config: DeployerConfig) -> Deployer:
         return FileDeployer(config)
     if isinstance(config, SshDeployerConfig):
         return SshDeployer(config)
+    if isinstance(config, SaltDeployerConfig):
+        return SaltDeployer(config)
     raise TypeError(f"no deployer for {type(config).__name__}")
 
 

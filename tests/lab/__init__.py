@@ -15,6 +15,15 @@ from .lab import Lab, Node
 from .pebble import DEFAULT_ENV, ISSUED_MARK, NEW_ORDER_MARK, ChallTestSrv, Pebble
 from .procs import LabError, ManagedProcess, free_port, wait_until
 from .responder import SeenRequest, StandInResponder
+from .sshd import (
+    ClientKey,
+    SshLab,
+    SshNode,
+    SshServer,
+    make_client_key,
+    start_many,
+    write_known_hosts,
+)
 
 __all__ = [
     "Acme2Certifier",
@@ -38,4 +47,11 @@ __all__ = [
     "ari_cert_id",
     "free_port",
     "wait_until",
+    "ClientKey",
+    "SshLab",
+    "SshNode",
+    "SshServer",
+    "make_client_key",
+    "start_many",
+    "write_known_hosts",
 ]

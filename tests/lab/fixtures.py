@@ -8,14 +8,24 @@ a failed test that used the ``lab`` fixture (and acme2certifier's, for ``a2c``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .a2c import Acme2Certifier
 from .lab import Lab
+from .sshd import SshLab, start_many
 
-__all__ = ["a2c", "lab", "pytest_runtest_makereport"]
+__all__ = [
+    "a2c",
+    "lab",
+    "pytest_runtest_makereport",
+    "pytest_runtest_makereport_sshd",
+    "ssh_fleet",
+    "ssh_nodes",
+]
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +76,51 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     acme2certifier = funcargs.get("a2c")
     if report.failed and isinstance(acme2certifier, Acme2Certifier):
         report.sections.append(("acme2certifier log", acme2certifier.log_tail(60)))
+
+
+# ---------------------------------------------------------------- OpenSSH (tests/lab/sshd.py)
+
+
+@pytest.fixture(scope="session")
+def ssh_nodes(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
+    """One real sshd per lab node (fe1 on 127.0.0.2, fe2 on 127.0.0.3, one common port),
+    accepting one client key as root; stopped at the end of the session.
+
+    ``.servers[node]``, ``.key_file``, ``.known_hosts``, ``.wrong_known_hosts`` (fe2's
+    key wrong, fe1's right), ``.stop(node)`` / ``.start(node)``,
+    ``.connect_options(node)`` (asyncssh keyword arguments).  A test that stops a
+    node starts it again (``try/finally``).
+    """
+    started = SshLab.for_lab(lab, tmp_path_factory.mktemp("sshd"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SshLab]]:
+    """Factory: ``ssh_fleet(n, **options)`` starts ``n`` sshd on 127.0.1.1..127.0.1.n
+    (see :func:`tests.lab.sshd.start_many`); every fleet is stopped after the test."""
+    fleets: list[SshLab] = []
+
+    def factory(n: int, workdir: Path | None = None, **options: Any) -> SshLab:
+        fleet = start_many(n, workdir or tmp_path_factory.mktemp("sshfleet"), **options)
+        fleets.append(fleet)
+        return fleet
+
+    try:
+        yield factory
+    finally:
+        for fleet in reversed(fleets):
+            fleet.stop()
+
+
+@pytest.hookimpl(hookwrapper=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_sshd(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Attach the tail of every sshd log to failed tests that used ``ssh_nodes``."""
+    outcome = yield
+    report = outcome.get_result()
+    ssh = getattr(item, "funcargs", {}).get("ssh_nodes")
+    if report.failed and isinstance(ssh, SshLab):
+        report.sections.append(("sshd logs", ssh.logs()))

@@ -1,0 +1,275 @@
+"""The Salt deployer: certd speaks HTTP to salt-api (never imports salt). One `state.high` job
+per batch targets the minions: `file.managed` writes the five files into a new version
+directory (key files 0600, `show_changes: False`), then `cmd.run` states switch the symlink,
+run `check` and `reload`, and an `onfail` state switches back if either fails. A minion counts
+as done only if it answered, its retcode is 0 and every state succeeded.
+
+The same versioned layout as certd/deployers/layout.py, expressed as shell for the minion.
+Note: job arguments (the private key) reach the master's job cache and event bus; see
+deploy/salt/README.md for how to keep them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import posixpath
+import shlex
+from typing import Any
+
+import aiohttp
+
+from certd.config import SaltDeployerConfig
+from certd.deployers.base import DeployResult, Target, file_set
+from certd.errors import DeployError
+from certd.model import IssuedCertificate
+
+MAX_BODY = 16 << 20
+
+
+def _paths(path: str) -> tuple[str, str, str]:
+    parent, name = posixpath.split(path.rstrip("/"))
+    return parent or "/", name, f".{name}.d"
+
+
+def switch_script(path: str, serial: str) -> str:
+    """Point P at version `serial`, remembering the old one as .previous; adopt a plain
+    directory as 'legacy'; prune all but the two."""
+    parent, name, v = (shlex.quote(x) for x in _paths(path))
+    s = shlex.quote(serial)
+    return (
+        f"set -e; cd {parent}; cur=''; "
+        f"if [ -d {name} ] && [ ! -L {name} ]; then rm -rf {v}/legacy; mv {name} {v}/legacy; "
+        f"cur=legacy; elif [ -L {name} ]; then cur=$(basename \"$(readlink {name})\"); fi; "
+        f"if [ -n \"$cur\" ] && [ \"$cur\" != {s} ]; then "
+        f"ln -sfn \"$cur\" {v}/.previous.tmp && mv -Tf {v}/.previous.tmp {v}/.previous; fi; "
+        f"ln -sfn {v}/{s} {name}.tmp && mv -Tf {name}.tmp {name}; "
+        f"prev=$(readlink {v}/.previous || true); "
+        f"for d in {v}/*; do b=$(basename \"$d\"); "
+        f"[ \"$b\" = {s} ] || [ \"$b\" = \"$prev\" ] || rm -rf \"$d\"; done"
+    )
+
+
+def rollback_script(path: str) -> str:
+    parent, name, v = (shlex.quote(x) for x in _paths(path))
+    return (
+        f"set -e; cd {parent}; prev=$(readlink {v}/.previous); test -d {v}/\"$prev\"; "
+        f"ln -sfn {v}/\"$prev\" {name}.tmp && mv -Tf {name}.tmp {name}; echo \"$prev\""
+    )
+
+
+def remove_script(path: str) -> str:
+    parent, name, v = (shlex.quote(x) for x in _paths(path))
+    return f"cd {parent} && rm -rf {name} {v}"
+
+
+def high_data(target: Target, cert: IssuedCertificate) -> dict[str, Any]:
+    """The state.high document for one certificate on the batch's minions."""
+    parent, name, v = _paths(target.path)
+    version_dir = posixpath.join(parent, v, cert.serial)
+    ident = f"certd-{target.certificate}"
+    high: dict[str, Any] = {}
+    files = []
+    for f in file_set(cert):
+        sid = f"{ident}-{f.name}"
+        files.append({"file": sid})
+        high[sid] = {"__sls__": "certd", "__env__": "base", "file": [
+            "managed", {"name": posixpath.join(version_dir, f.name)},
+            {"contents": f.content}, {"mode": f"0{f.mode:o}"}, {"makedirs": True},
+            {"dir_mode": "0711"}, {"show_changes": False}, {"order": 1}]}
+    steps = [("switch", switch_script(target.path, cert.serial), files)]
+    previous = [{"cmd": f"{ident}-switch"}]
+    for step, command in (("check", target.check), ("reload", target.reload)):
+        if command:
+            steps.append((step, command, previous))
+            previous = [{"cmd": f"{ident}-{step}"}]
+    for step, command, require in steps:
+        high[f"{ident}-{step}"] = {"__sls__": "certd", "__env__": "base", "cmd": [
+            "run", {"name": command}, {"require": require}]}
+    undo = rollback_script(target.path) + (f" && {target.reload}" if target.reload else "")
+    watched = [{"cmd": f"{ident}-{s}"} for s, _, _ in steps[1:]]
+    if watched:
+        high[f"{ident}-rollback"] = {"__sls__": "certd", "__env__": "base", "cmd": [
+            "run", {"name": undo}, {"onfail": watched}]}
+    return high
+
+
+class SaltDeployer:
+    kind = "salt"
+
+    def __init__(self, config: SaltDeployerConfig):
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._token: str | None = None
+        self._login_lock = asyncio.Lock()
+
+    # salt-api ---------------------------------------------------------------------------
+    async def _post(self, path: str, payload: Any, token: str | None = None
+                    ) -> tuple[int, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["X-Auth-Token"] = token
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout.total_seconds() + 30)
+        try:
+            async with self._session.post(self.config.url + path, json=payload,
+                                          headers=headers, timeout=timeout) as resp:
+                body = await resp.content.read(MAX_BODY)
+                if resp.status != 200:
+                    return resp.status, None
+                try:
+                    return resp.status, json.loads(body)
+                except ValueError:
+                    raise DeployError(f"salt[{self.config.url}]: answer is not JSON",
+                                      node="*", kind="salt") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise DeployError(f"salt[{self.config.url}]: {type(exc).__name__}: {exc}",
+                              node="*", transient=True, kind="unreachable") from None
+
+    async def _login(self) -> str:
+        async with self._login_lock:
+            if self._token:
+                return self._token
+            try:
+                password = (await asyncio.to_thread(self.config.password_file.read_text)).strip()
+            except OSError as exc:
+                raise DeployError(f"salt: password_file {self.config.password_file}: "
+                                  f"{exc.strerror}", node="*", kind="auth") from None
+            status, doc = await self._post("/login", {
+                "username": self.config.username, "password": password,
+                "eauth": self.config.eauth})
+            token = _token(doc) if status == 200 else None
+            if not token:
+                raise DeployError(f"salt[{self.config.url}]: login as {self.config.username} "
+                                  f"({self.config.eauth}) refused: HTTP {status}",
+                                  node="*", kind="auth")
+            self._token = token
+            return token
+
+    async def run(self, lowstate: dict[str, Any]) -> dict[str, Any]:
+        """One call; the token is refreshed once on 401. Returns {minion: answer}."""
+        for attempt in (1, 2):
+            token = await self._login()
+            status, doc = await self._post("/", [lowstate], token)
+            if status == 401 and attempt == 1:
+                self._token = None
+                continue
+            if status != 200:
+                raise DeployError(f"salt[{self.config.url}]: HTTP {status}", node="*",
+                                  kind="salt")
+            try:
+                answers = doc["return"][0]
+            except (KeyError, IndexError, TypeError):
+                raise DeployError(f"salt[{self.config.url}]: unexpected answer", node="*",
+                                  kind="salt") from None
+            return answers if isinstance(answers, dict) else {}
+        raise DeployError(f"salt[{self.config.url}]: token refused", node="*", kind="auth")
+
+    def _job(self, targets: list[Target], fun: str, arg: list) -> dict[str, Any]:
+        return {"client": "local", "tgt": [t.minion for t in targets], "tgt_type": "list",
+                "fun": fun, "arg": arg, "full_return": True,
+                "timeout": int(self.config.timeout.total_seconds())}
+
+    # Deployer ---------------------------------------------------------------------------
+    async def deploy(self, targets: list[Target], cert: IssuedCertificate
+                     ) -> list[DeployResult]:
+        return await self._by_rendering(targets, lambda batch: self._deploy(batch, cert))
+
+    async def _deploy(self, batch: list[Target], cert: IssuedCertificate
+                      ) -> list[DeployResult]:
+        answers = await self.run(self._job(batch, "state.high", [high_data(batch[0], cert)]))
+        return [_state_result(t, answers.get(t.minion), cert) for t in batch]
+
+    async def roll_back(self, targets: list[Target]) -> list[DeployResult]:
+        return await self._by_rendering(targets, lambda b: self._commands(
+            b, rollback_script(b[0].path), "rolled back"))
+
+    async def remove(self, targets: list[Target]) -> list[DeployResult]:
+        return await self._by_rendering(targets, lambda b: self._commands(
+            b, remove_script(b[0].path), "removed"))
+
+    async def _commands(self, batch: list[Target], script: str, done: str
+                        ) -> list[DeployResult]:
+        reload = batch[0].reload
+        command = script + (f" && {reload}" if reload else "")
+        answers = await self.run(self._job(batch, "cmd.run_all", [command]))
+        out = []
+        for t in batch:
+            answer = answers.get(t.minion)
+            ret = answer.get("ret") if isinstance(answer, dict) else None
+            if not isinstance(ret, dict):
+                out.append(DeployResult(t, False, f"salt[{t.node}]: minion {t.minion} did "
+                                        "not answer", kind="unreachable"))
+            elif ret.get("retcode") != 0:
+                out.append(DeployResult(t, False, f"salt[{t.node}]: {done}: exit "
+                                        f"{ret.get('retcode')}: {ret.get('stderr', '')[-200:]}",
+                                        output=str(ret.get("stdout", ""))))
+            else:
+                out.append(DeployResult(t, True, f"salt[{t.node}]: {done}",
+                                        rolled_back=done == "rolled back",
+                                        output=str(ret.get("stdout", ""))))
+        return out
+
+    async def _by_rendering(self, targets: list[Target], work) -> list[DeployResult]:
+        """One job per distinct (path, check, reload): the high data is the same for every
+        minion of a job, so nodes whose templates render differently get their own job."""
+        groups: dict[tuple, list[Target]] = {}
+        for t in targets:
+            groups.setdefault((t.path, t.check, t.reload), []).append(t)
+        results: dict[Target, DeployResult] = {}
+        for batch in groups.values():
+            try:
+                for r in await work(batch):
+                    results[r.target] = r
+            except DeployError as exc:
+                for t in batch:
+                    results[t] = DeployResult(t, False, str(exc).replace("[*]", f"[{t.node}]"),
+                                              kind=exc.kind)
+        return [results[t] for t in targets]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _token(doc: Any) -> str | None:
+    try:
+        token = doc["return"][0]["token"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return token if isinstance(token, str) and token else None
+
+
+def _state_result(target: Target, answer: Any, cert: IssuedCertificate) -> DeployResult:
+    where = f"salt[{target.node}]"
+    if not isinstance(answer, dict) or not isinstance(answer.get("ret"), dict):
+        detail = answer if isinstance(answer, str) else "no answer"
+        return DeployResult(target, False, f"{where}: minion {target.minion} did not answer "
+                            f"({str(detail)[:200]})", kind="unreachable")
+    states = answer["ret"]
+    failed = {sid: st for sid, st in states.items()
+              if isinstance(st, dict) and st.get("result") is not True}
+    rollback = next((st for sid, st in states.items()
+                     if "-rollback_|-" in sid and isinstance(st, dict)
+                     and st.get("result") is True and st.get("changes")), None)
+    failed = {sid: st for sid, st in failed.items() if "-rollback_|-" not in sid}
+    output = "\n".join(str(st.get("changes", {}).get("stdout", ""))
+                       for st in states.values() if isinstance(st, dict))
+    if answer.get("retcode") == 0 and not failed:
+        return DeployResult(target, True, f"{where}: deployed serial {cert.serial}",
+                            output=output)
+    # the first step that failed on its own (later ones fail on its requisite)
+    step, first = "state", next(iter(failed.values()), {})
+    for name in ("switch", "check", "reload"):
+        hit = [st for sid, st in failed.items() if f"certd-{target.certificate}-{name}_|-" in sid]
+        if hit:
+            step, first = name, hit[0]
+            break
+    if step == "state":  # a file.managed state
+        step = "write"
+    comment = str(first.get("comment", "")).strip().splitlines()[-1:] or [""]
+    return DeployResult(target, False, f"{where}: {step}: {comment[0][:300]}",
+                        rolled_back=rollback is not None, output=output,
+                        kind=step)

@@ -1,0 +1,137 @@
+"""The SSH deployer against real sshd (one per frontend node) and the lab's nginx: push, reload
+over SSH, verify the served serial; host key mismatch; a failing node rolls back alone; a node
+that was down catches up at the deploy sync; a failing canary stops a rolling deploy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from certd import config as configuration
+from certd.app import challenge_listener, open_certd
+from certd.sweep import Sweeper
+from tests.certd_lab import lab_config_data
+
+pytestmark = pytest.mark.lab
+
+
+def ssh_config(lab, ssh_nodes, tmp_path, name, *, known_hosts=None, check=None,
+               strategy="parallel"):
+    data = lab_config_data(lab, tmp_path / "state",
+                           [{"name": name, "domains": [f"{name}.test"], "frontends": ["web"]}])
+    port = next(iter(ssh_nodes.servers.values())).port
+    web = data["frontends"]["web"]
+    web["deployer"] = {
+        "type": "ssh", "user": "root", "port": port, "key_file": str(ssh_nodes.key_file),
+        "known_hosts": str(known_hosts or ssh_nodes.known_hosts),
+        "path": lab.deploy_path_template, "strategy": strategy, "max_parallel": 1,
+        "connect_timeout": "3s",
+    }
+    web["verify_timeout"] = "5s"
+    if check:
+        web["check"] = check
+    return configuration.parse(data)
+
+
+def served(lab, node, name) -> str:
+    try:
+        return format(lab.served_certificate(node, f"{name}.test").serial_number, "x")
+    except OSError:
+        return ""
+
+
+async def _issue(certd, name):
+    cert = await certd.renew(name, force=True)
+    return cert, await certd.deploy(name)
+
+
+async def test_push_reload_and_verify_over_ssh(lab, ssh_nodes, tmp_path):
+    lab.set_sites({"viassh": ["viassh.test"]})
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "viassh")
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        cert, results = await _issue(certd, "viassh")
+    assert [r.ok for r in results] == [True, True], [r.message for r in results]
+    assert all("verified serving" in r.message for r in results)
+    for node in lab.nodes:
+        assert served(lab, node.name, "viassh") == cert.serial
+        key = lab.cert_dir(node.name, "viassh") / "privkey.pem"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert lab.cert_dir(node.name, "viassh").is_symlink()
+
+
+async def test_host_key_mismatch_refuses_the_push(lab, ssh_nodes, tmp_path):
+    lab.set_sites({"hostkey": ["hostkey.test"]})
+    wrong = ssh_nodes.wrong_node
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "hostkey", known_hosts=ssh_nodes.wrong_known_hosts)
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        cert, results = await _issue(certd, "hostkey")
+        events = await certd.store.events(certificate="hostkey", kind="deploy.host_key")
+    by_node = {r.target.node: r for r in results}
+    assert not by_node[wrong].ok and "host key" in by_node[wrong].message
+    assert not lab.cert_dir(wrong, "hostkey").exists()  # nothing written
+    ok_node = next(n.name for n in lab.nodes if n.name != wrong)
+    assert by_node[ok_node].ok and served(lab, ok_node, "hostkey") == cert.serial
+    assert events and events[0].severity.value == "critical" and events[0].node == wrong
+
+
+async def test_failing_node_rolls_back_alone(lab, ssh_nodes, tmp_path):
+    lab.set_sites({"broken": ["broken.test"]})
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "broken")
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        old, results = await _issue(certd, "broken")
+        assert all(r.ok for r in results)
+    # fe1's config "breaks": its check (think `nginx -t`) fails from now on
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "broken", check="test {node} != fe1")
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        new, results = await _issue(certd, "broken")
+        events = await certd.store.events(certificate="broken", kind="deploy.check")
+        deployments = {d.node: d for d in await certd.store.deployments("broken")}
+    by_node = {r.target.node: r for r in results}
+    assert not by_node["fe1"].ok and by_node["fe1"].rolled_back
+    assert by_node["fe2"].ok
+    assert served(lab, "fe1", "broken") == old.serial  # kept serving the old one
+    assert served(lab, "fe2", "broken") == new.serial
+    assert events and events[0].node == "fe1"
+    assert deployments["fe1"].serial == old.serial and deployments["fe2"].serial == new.serial
+
+
+async def test_node_down_catches_up_at_deploy_sync(lab, ssh_nodes, tmp_path):
+    lab.set_sites({"downed": ["downed.test"]})
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "downed")
+    await asyncio.to_thread(ssh_nodes.stop, "fe2")
+    try:
+        async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+            cert, results = await _issue(certd, "downed")
+            by_node = {r.target.node: r for r in results}
+            assert by_node["fe1"].ok and not by_node["fe2"].ok
+            assert by_node["fe2"].kind == "unreachable"
+            assert served(lab, "fe1", "downed") == cert.serial
+            assert served(lab, "fe2", "downed") != cert.serial
+            await asyncio.to_thread(ssh_nodes.start, "fe2")
+            await Sweeper(certd).deploy_sync()
+            deployments = {d.node: d for d in await certd.store.deployments("downed")}
+    finally:
+        if not ssh_nodes.server("fe2").alive():
+            await asyncio.to_thread(ssh_nodes.start, "fe2")
+    assert served(lab, "fe2", "downed") == cert.serial
+    assert {d.serial for d in deployments.values()} == {cert.serial}
+
+
+async def test_failing_canary_leaves_the_others_untouched(lab, ssh_nodes, tmp_path):
+    lab.set_sites({"canary": ["canary.test"]})
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "canary", strategy="rolling")
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        old, results = await _issue(certd, "canary")
+        assert all(r.ok for r in results)
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "canary", strategy="rolling",
+                     check="test {node} != fe1")
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        new, results = await _issue(certd, "canary")
+        stopped = await certd.store.events(certificate="canary", kind="deploy.stopped")
+    assert [r.target.node for r in results] == ["fe1"] and not results[0].ok
+    assert served(lab, "fe1", "canary") == old.serial
+    assert served(lab, "fe2", "canary") == old.serial  # never touched
+    versions = lab.cert_dir("fe2", "canary").parent / ".canary.d"
+    assert new.serial not in {p.name for p in versions.iterdir()}
+    assert stopped and stopped[0].data["untouched"] == ["fe2"]
