@@ -14,6 +14,7 @@ temporary name, synced, renamed, and only then does the symlink move.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import secrets
 from typing import Protocol
@@ -79,15 +80,14 @@ async def place(fs: NodeFS, path: str, version: str, files: list[PemFile]) -> st
     before (the rollback target), or None."""
     versions = versions_dir(path)
     await fs.mkdir(versions, 0o711)  # the node's server traverses it; files keep their modes
-    for entry in await fs.listdir(versions):
-        if entry.startswith(".tmp-"):  # left by a crash: never pointed at
-            await fs.rmtree(posixpath.join(versions, entry))
     tmp = posixpath.join(versions, f".tmp-{version}-{secrets.token_hex(4)}")
     await fs.mkdir(tmp, 0o711)
-    for i, f in enumerate(files):
-        await fs.write(posixpath.join(tmp, f.name), f.content.encode("ascii"), f.mode)
-        if i == 1:
-            failpoints.hit("deploy:writing")
+    # written concurrently (pipelined over SFTP); the failpoint fires with the set half written
+    await asyncio.gather(*(fs.write(posixpath.join(tmp, f.name), f.content.encode("ascii"),
+                                    f.mode) for f in files[:2]))
+    failpoints.hit("deploy:writing")
+    await asyncio.gather(*(fs.write(posixpath.join(tmp, f.name), f.content.encode("ascii"),
+                                    f.mode) for f in files[2:]))
     await fs.sync_dir(tmp)
     final = posixpath.join(versions, version)
     was = await current(fs, path)
@@ -150,7 +150,8 @@ async def _adopt_legacy(fs: NodeFS, path: str, versions: str) -> str:
 
 
 async def _prune(fs: NodeFS, versions: str, keep: set[str | None]) -> None:
-    """Keep the current and the previous version only."""
+    """Keep the current and the previous version only; drop what a crash left half-written
+    (.tmp-*: never pointed at)."""
     for entry in await fs.listdir(versions):
-        if not entry.startswith(".") and entry not in keep:
+        if entry.startswith(".tmp-") or (not entry.startswith(".") and entry not in keep):
             await fs.rmtree(posixpath.join(versions, entry))
