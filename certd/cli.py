@@ -154,6 +154,12 @@ async def _status_rows(cfg: Config) -> list[dict]:
                     f"{d.frontend}/{d.node}" for d in deps
                     if cert and d.serial == cert.serial and d.status.value == "deployed"
                 ),
+                "deployments": [
+                    {"frontend": d.frontend, "node": d.node, "serial": d.serial,
+                     "status": d.status.value, "current": bool(cert and d.serial == cert.serial),
+                     "message": d.message, "updated_at": d.updated_at.isoformat()}
+                    for d in deps
+                ],
                 "last_error": state.last_error if state else None,
                 "attempts": state.attempts if state else 0,
                 "next_attempt_at": state.next_attempt_at.isoformat()
