@@ -25,6 +25,7 @@ from certd.errors import DeployError
 from certd.model import IssuedCertificate
 
 MAX_BODY = 16 << 20
+GATHER_JOB_TIMEOUT = 5  # seconds; a dead minion costs timeout + this
 
 
 def _paths(path: str) -> tuple[str, str, str]:
@@ -169,7 +170,9 @@ class SaltDeployer:
     def _job(self, targets: list[Target], fun: str, arg: list) -> dict[str, Any]:
         return {"client": "local", "tgt": [t.minion for t in targets], "tgt_type": "list",
                 "fun": fun, "arg": arg, "full_return": True,
-                "timeout": int(self.config.timeout.total_seconds())}
+                "timeout": int(self.config.timeout.total_seconds()),
+                # how long the master asks a silent minion whether it is still working
+                "gather_job_timeout": GATHER_JOB_TIMEOUT}
 
     # Deployer ---------------------------------------------------------------------------
     async def deploy(self, targets: list[Target], cert: IssuedCertificate

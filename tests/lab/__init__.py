@@ -15,6 +15,7 @@ from .lab import Lab, Node
 from .pebble import DEFAULT_ENV, ISSUED_MARK, NEW_ORDER_MARK, ChallTestSrv, Pebble
 from .procs import LabError, ManagedProcess, free_port, wait_until
 from .responder import SeenRequest, StandInResponder
+from .salt import SALT_VENV, SaltLab, salt_venv_missing
 from .sshd import (
     ClientKey,
     SshLab,
@@ -54,4 +55,7 @@ __all__ = [
     "make_client_key",
     "start_many",
     "write_known_hosts",
+    "SALT_VENV",
+    "SaltLab",
+    "salt_venv_missing",
 ]

@@ -16,13 +16,16 @@ import pytest
 
 from .a2c import Acme2Certifier
 from .lab import Lab
+from .salt import SaltLab, salt_venv_missing
 from .sshd import SshLab, start_many
 
 __all__ = [
     "a2c",
     "lab",
     "pytest_runtest_makereport",
+    "pytest_runtest_makereport_salt",
     "pytest_runtest_makereport_sshd",
+    "salt_lab",
     "ssh_fleet",
     "ssh_nodes",
 ]
@@ -124,3 +127,37 @@ def pytest_runtest_makereport_sshd(item: pytest.Item, call: pytest.CallInfo[None
     ssh = getattr(item, "funcargs", {}).get("ssh_nodes")
     if report.failed and isinstance(ssh, SshLab):
         report.sections.append(("sshd logs", ssh.logs()))
+
+
+# ------------------------------------------------------------- SaltStack (tests/lab/salt.py)
+
+
+@pytest.fixture(scope="session")
+def salt_lab(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaltLab]:
+    """salt-master + salt-api (http, eauth ``file``) + one minion per lab node ("fe1",
+    "fe2"), all from ``.salt-venv`` (``bash scripts/salt-venv``), shared by the session.
+
+    Each minion runs as root in its own mount namespace where ``salt_lab.node_root`` is
+    its node's directory: ``salt_lab.deploy_path_template`` (one path for every node) and
+    ``lab.deploy_path_template`` (``{node}`` paths) both land in ``lab.cert_dir(node, X)``.
+    A test that stops a minion (``stop_minion``) starts it again (``start_minion``).
+    Fails -- never skips -- when ``.salt-venv`` is missing.
+    """
+    problem = salt_venv_missing()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    started = SaltLab.start(tmp_path_factory.mktemp("salt"), lab=lab)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.hookimpl(hookwrapper=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_salt(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Attach the tail of every Salt log to failed tests that used ``salt_lab``."""
+    outcome = yield
+    report = outcome.get_result()
+    salt = getattr(item, "funcargs", {}).get("salt_lab")
+    if report.failed and isinstance(salt, SaltLab):
+        report.sections.append(("salt logs", salt.logs()))
