@@ -120,3 +120,12 @@ def poll(predicate, timeout: float = 30, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def served_serial(lab: Lab, node: str, server_name: str) -> str:
+    """The hex serial `node` serves for `server_name`, or '' if the handshake fails (nothing
+    deployed there yet: nginx refuses it)."""
+    try:
+        return format(lab.served_certificate(node, server_name).serial_number, "x")
+    except OSError:
+        return ""

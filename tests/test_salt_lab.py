@@ -10,7 +10,7 @@ import pytest
 
 from certd import config as configuration
 from certd.app import challenge_listener, open_certd
-from tests.certd_lab import lab_config_data
+from tests.certd_lab import lab_config_data, served_serial
 
 pytestmark = pytest.mark.lab
 
@@ -32,10 +32,7 @@ def salt_config(lab, salt_lab, tmp_path, name, *, password_file=None, check=None
 
 
 def served(lab, node, name) -> str:
-    try:
-        return format(lab.served_certificate(node, f"{name}.test").serial_number, "x")
-    except OSError:
-        return ""
+    return served_serial(lab, node, f"{name}.test")
 
 
 async def _issue(certd, name):

@@ -11,7 +11,7 @@ import pytest
 from certd import config as configuration
 from certd.app import challenge_listener, open_certd
 from certd.sweep import Sweeper
-from tests.certd_lab import lab_config_data
+from tests.certd_lab import lab_config_data, served_serial
 
 pytestmark = pytest.mark.lab
 
@@ -35,10 +35,7 @@ def ssh_config(lab, ssh_nodes, tmp_path, name, *, known_hosts=None, check=None,
 
 
 def served(lab, node, name) -> str:
-    try:
-        return format(lab.served_certificate(node, f"{name}.test").serial_number, "x")
-    except OSError:
-        return ""
+    return served_serial(lab, node, f"{name}.test")
 
 
 async def _issue(certd, name):

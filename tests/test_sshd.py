@@ -120,7 +120,9 @@ async def test_stopped_node_refuses_then_comes_back(ssh_nodes: SshLab) -> None:
         try:
             assert not server.alive()
             await asyncio.wait_for(process.wait_closed(), 5)
-            assert process.exit_status is None  # killed, not finished
+            # Killed, not finished: the command dies first (-1 with exit_signal TERM),
+            # or the connection drops before the status arrives (None).
+            assert process.exit_status in (None, -1)
             assert not [pid for pid in sessions if _running(pid)]
             with pytest.raises(OSError):
                 await _run(ssh_nodes, "fe2", "echo never")

@@ -23,9 +23,13 @@ Quirks (OpenSSH 9.2):
 * As root sshd needs ``/run/sshd`` (privilege separation); it is created if missing.
 * The program and ``-f`` must be absolute paths (sshd re-executes itself per connection).
 * Each connection's sshd calls ``setsid()``, so it is *not* in the listener's process
-  group: :meth:`SshServer.stop` also ends those by PID (found through ``/proc``), so a
-  stopped server really drops established sessions too (pass ``drop_sessions=False``
-  to mimic ``systemctl restart ssh``, which keeps them).
+  group: :meth:`SshServer.stop` first ends those by PID (found through ``/proc``),
+  children before parents, so a stopped server really drops established sessions
+  (pass ``drop_sessions=False`` to mimic ``systemctl restart ssh``, which keeps them).
+  Order matters here: this machine's PID 1 does not reap orphans, so a process killed
+  after its parent died stays a zombie.
+* sshd sets ``SHLVL=1`` in sessions (``SetEnv``) so root's bash skips ``~/.bashrc``
+  (which here runs ``pyenv init``: +0.2 s per command); ``skip_bashrc=False`` keeps it.
 * Host keys must not be group/world readable; ``StrictModes no`` because pytest's
   temporary directories live under world-writable ``/tmp``.
 """
@@ -35,12 +39,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -228,30 +231,39 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _end_pids(pids: Sequence[int], grace: float = 2.0) -> None:
-    """SIGTERM ``pids``, SIGKILL whichever still run after ``grace`` seconds.
+def _end_tree(pids: Sequence[int], grace: float = 2.0) -> None:
+    """End the processes ``pids`` (parents listed before children), leaves first.
 
-    Each PID is only signalled while it still has the start time seen first, so a PID
-    reused by an unrelated process in between is left alone.
+    Each one gets SIGTERM, then SIGKILL if it still runs after ``grace`` seconds, and
+    is waited for until its parent (still alive, since it is ended later) has reaped
+    it: a process orphaned to this machine's PID 1 stays a zombie.  A PID is only
+    signalled while it keeps the start time seen first, so a PID reused by an
+    unrelated process in between is left alone.
     """
     identity = {pid: _start_time(pid) for pid in pids}
-    identity = {pid: start for pid, start in identity.items() if start is not None}
 
     def same(pid: int) -> bool:
-        return _start_time(pid) == identity[pid] and _running(pid)
+        return identity[pid] is not None and _start_time(pid) == identity[pid]
 
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        live = [pid for pid in identity if same(pid)]
-        for pid in live:
+    def wait(predicate: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    for pid in reversed(list(pids)):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not (same(pid) and _running(pid)):
+                break
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(same(pid) for pid in live):
-            time.sleep(0.01)
-        if not any(same(pid) for pid in live):
-            return
+                break
+            if wait(lambda pid=pid: not (same(pid) and _running(pid)), grace):
+                break
+        wait(lambda pid=pid: not same(pid), 0.5)  # reaped by its parent
 
 
 C = TypeVar("C")
@@ -414,11 +426,10 @@ class SshServer:
         """Stop the listener by PID (idempotent).  With ``drop_sessions`` (default) also end
         the per-connection sshd processes and their commands, which run in their own
         sessions, so open connections break as on a node that went down."""
-        pid = self.process.pid
-        sessions = _descendants(pid) if pid is not None and self.process.alive() else []
+        if drop_sessions:
+            # Before the listener, so each process is reaped by its parent (see _end_tree).
+            _end_tree(self.session_pids(), grace)
         self.process.stop(grace)
-        if drop_sessions and sessions:
-            _end_pids(sessions, grace)
 
     def alive(self) -> bool:
         """True while the listening sshd runs."""
