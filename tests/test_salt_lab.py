@@ -52,11 +52,11 @@ async def test_push_reload_verify_and_one_failing_node(lab, salt_lab, tmp_path):
         assert d.is_symlink() and (d / "privkey.pem").stat().st_mode & 0o777 == 0o600
 
     # fe1's "nginx -t" breaks: a marker only fe1's minion sees at the shared path
-    marker = lab.cert_dir("fe1", "salted").parent / "broken"
+    marker = lab.cert_dir("fe1", "salted").parent / ".salt-check-fails"
     marker.write_text("")
     try:
         cfg = salt_config(lab, salt_lab, tmp_path, "salted",
-                          check=f"test ! -e {salt_lab.node_root}/certs/broken")
+                          check=f"test ! -e {salt_lab.node_root}/certs/.salt-check-fails")
         async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
             new, results = await _issue(certd, "salted")
             events = await certd.store.events(certificate="salted", kind="deploy.check")
