@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from certd import __version__, responder
+from certd import responder
+from certd.api import app as api
+from certd.api.tokens import load_or_create
 from certd.config import Config, split_listen
 from certd.errors import CertdError
 from certd.issuance.client import AcmeClient
@@ -72,15 +74,9 @@ class ListenError(CertdError):
         super().__init__(message)
 
 
-def api_app(certd: Certd) -> web.Application:
-    """The API listener. The REST issue fills it; for now it says whether certd is alive."""
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": __version__})
-
-    app = web.Application(client_max_size=64 * 1024)
-    app.router.add_get("/healthz", healthz)
-    return app
+async def api_app(config: Config, certd: Certd) -> web.Application:
+    tokens = await asyncio.to_thread(load_or_create, config.tokens_path)
+    return api.build_app(certd, tokens)
 
 
 @contextlib.asynccontextmanager
@@ -108,7 +104,7 @@ async def run_daemon(config: Config, stop: asyncio.Event) -> None:
     """Listeners first (challenges must be answerable before any order), then the scheduler
     until `stop` is set. A failing CA or node is logged and retried; it never ends the daemon."""
     async with open_certd(config) as certd, challenge_listener(config, certd):
-        api = await start_site(api_app(certd), config.api.listen, "api")
+        api_runner = await start_site(await api_app(config, certd), config.api.listen, "api")
         scheduler = Scheduler(Sweeper(certd), config.renewal)
         scheduler.start()
         try:
@@ -116,5 +112,5 @@ async def run_daemon(config: Config, stop: asyncio.Event) -> None:
             log.info("certd stopping")
         finally:
             await scheduler.stop()
-            await api.cleanup()
+            await api_runner.cleanup()
     log.info("certd stopped")

@@ -18,6 +18,7 @@ from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError
 from certd.model import utcnow
+from certd.views import certificate_view
 
 log = logging.getLogger("certd")
 
@@ -131,41 +132,9 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _status_rows(cfg: Config) -> list[dict]:
-    rows = []
-    now = utcnow()
     async with open_certd(cfg) as certd:
-        for spec in certd.specs():
-            cert = await certd.store.current_certificate(spec.name)
-            state = await certd.store.get_state(spec.name)
-            deps = await certd.store.deployments(spec.name)
-            plan = await certd.plan(cert) if cert else None
-            rows.append({
-                "name": spec.name,
-                "domains": list(spec.domains),
-                "status": state.status.value if state else "pending",
-                "serial": cert.serial if cert else None,
-                "not_before": cert.not_before.isoformat() if cert else None,
-                "not_after": cert.not_after.isoformat() if cert else None,
-                "days_left": round((cert.not_after - now).total_seconds() / 86400, 1)
-                if cert else None,
-                "renewal_at": plan.at.isoformat() if plan else None,
-                "renewal_reason": plan.reason if plan else None,
-                "deployed_nodes": sorted(
-                    f"{d.frontend}/{d.node}" for d in deps
-                    if cert and d.serial == cert.serial and d.status.value == "deployed"
-                ),
-                "deployments": [
-                    {"frontend": d.frontend, "node": d.node, "serial": d.serial,
-                     "status": d.status.value, "current": bool(cert and d.serial == cert.serial),
-                     "message": d.message, "updated_at": d.updated_at.isoformat()}
-                    for d in deps
-                ],
-                "last_error": state.last_error if state else None,
-                "attempts": state.attempts if state else 0,
-                "next_attempt_at": state.next_attempt_at.isoformat()
-                if state and state.next_attempt_at else None,
-            })
-    return rows
+        now = utcnow()
+        return [await certificate_view(certd, spec.name, now) for spec in certd.specs()]
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:

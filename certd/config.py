@@ -145,7 +145,7 @@ class ChallengeConfig(_Model):
 
 class ApiConfig(_Model):
     listen: Listen = "127.0.0.1:8403"
-    tokens_file: Path = Path("/etc/certd/api-tokens")
+    tokens_file: Path | None = None  # default: <state_dir>/api-tokens, created if missing
 
 
 class NodeConfig(_Model):
@@ -314,6 +314,10 @@ class Config(_Model):
         if self.storage:
             return Path(self.storage[len("sqlite:///"):])
         return self.state_dir / "certd.db"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.api.tokens_file or self.state_dir / "api-tokens"
 
     def certificate(self, name: str) -> CertificateConfig:
         for cert in self.certificates:

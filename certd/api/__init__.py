@@ -1,0 +1,1 @@
+"""The REST API: aiohttp routes, bearer-token auth, problem documents."""

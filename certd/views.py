@@ -1,0 +1,46 @@
+"""How a certificate is shown to people and scripts: one JSON-ready dict, shared by
+`certd status --json` and the REST API, so both say the same thing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from certd.service import Certd
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+async def certificate_view(certd: Certd, name: str, now: datetime) -> dict:
+    spec = certd.spec(name)
+    cert = await certd.store.current_certificate(name)
+    state = await certd.store.get_state(name)
+    deps = await certd.store.deployments(name)
+    plan = await certd.plan(cert) if cert else None
+    return {
+        "name": spec.name,
+        "domains": list(spec.domains),
+        "frontends": list(spec.frontends),
+        "status": state.status.value if state else "pending",
+        "serial": cert.serial if cert else None,
+        "not_before": _iso(cert.not_before) if cert else None,
+        "not_after": _iso(cert.not_after) if cert else None,
+        "fingerprint_sha256": cert.fingerprint_sha256 if cert else None,
+        "days_left": round((cert.not_after - now).total_seconds() / 86400, 1) if cert else None,
+        "renewal_at": _iso(plan.at) if plan else None,
+        "renewal_reason": plan.reason if plan else None,
+        "deployed_nodes": sorted(
+            f"{d.frontend}/{d.node}" for d in deps
+            if cert and d.serial == cert.serial and d.status.value == "deployed"
+        ),
+        "deployments": [
+            {"frontend": d.frontend, "node": d.node, "serial": d.serial,
+             "status": d.status.value, "current": bool(cert and d.serial == cert.serial),
+             "message": d.message, "updated_at": d.updated_at.isoformat()}
+            for d in deps
+        ],
+        "last_error": state.last_error if state else None,
+        "attempts": state.attempts if state else 0,
+        "next_attempt_at": _iso(state.next_attempt_at) if state else None,
+    }
