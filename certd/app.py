@@ -46,6 +46,7 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
             challenge_ttl=config.challenge.ttl, order_timeout=acme.order_timeout,
         )
         certd = Certd(config, store, issuer, build_deployers(config))
+        await certd.load_aliases()
         yield certd
     finally:
         if certd is not None:

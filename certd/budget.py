@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
-
-from publicsuffixlist import PublicSuffixList
 
 from certd.config import BudgetConfig
+from certd.names import registered_domain
 from certd.store.base import Store
 
 ORDER = "order"
@@ -26,16 +24,6 @@ FAILED_VALIDATION = "failed_validation"
 ORDER_WINDOW = timedelta(hours=3)
 CERTIFICATE_WINDOW = timedelta(days=7)
 FAILED_WINDOW = timedelta(hours=1)
-
-
-@lru_cache(maxsize=1)
-def _psl() -> PublicSuffixList:
-    return PublicSuffixList()  # ships its list; no network
-
-
-def registered_domain(name: str) -> str:
-    """'www.portal.example.co.uk' -> 'example.co.uk' (the name itself if the list has none)."""
-    return _psl().privatesuffix(name) or name
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from certd import __version__, config as configuration
+from certd import __version__
+from certd import config as configuration
 from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError

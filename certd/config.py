@@ -273,6 +273,15 @@ class RenewalConfig(_Model):
         return v
 
 
+class DomainsConfig(_Model):
+    """Custom-domain aliases added through the API."""
+
+    default_frontends: list[str] = Field(default_factory=list)
+    allowed_suffixes: list[Annotated[str, AfterValidator(_domain)]] = Field(default_factory=list)
+    denied: list[Annotated[str, AfterValidator(_domain)]] = Field(default_factory=list)
+    per_token_per_hour: int = Field(default=100, ge=1)  # new aliases; more get 429
+
+
 class Config(_Model):
     state_dir: Path = Path("/var/lib/certd")
     storage: str | None = None
@@ -281,6 +290,7 @@ class Config(_Model):
     challenge: ChallengeConfig = ChallengeConfig()
     api: ApiConfig = ApiConfig()
     renewal: RenewalConfig = RenewalConfig()
+    domains: DomainsConfig = DomainsConfig()
     frontends: dict[Slug, FrontendConfig] = Field(default_factory=dict)
     certificates: list[CertificateConfig] = Field(default_factory=list)
 
@@ -305,6 +315,9 @@ class Config(_Model):
                     problems.append(
                         f"certificates[{i}].frontends[{j}]: unknown frontend {group!r} ({known})"
                     )
+        for j, group in enumerate(self.domains.default_frontends):
+            if group not in self.frontends:
+                problems.append(f"domains.default_frontends[{j}]: unknown frontend {group!r}")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -164,3 +164,14 @@ class AriState:
     next_check_at: datetime
     explanation_url: str | None = None
     checked_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A customer's custom domain, added through the API: one certificate named after it."""
+
+    domain: str
+    frontends: tuple[str, ...]
+    created_by: str  # the API token's name
+    created_at: datetime = field(default_factory=utcnow)
+    removing: bool = False

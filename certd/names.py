@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from functools import lru_cache
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 MAX_NAME = 253
 MAX_LABEL = 63
@@ -55,7 +57,19 @@ def normalise(raw: str) -> str:
         _check_label(label)
     if labels[-1].isdigit():  # '127.1', '10.0.1': resolvers and browsers read these as IPv4
         raise NameRejected("the top-level label is all digits, like an IP address")
+    if _psl().is_public(name):
+        raise NameRejected("a public suffix (like co.uk) cannot get a certificate")
     return name
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()  # ships its list; no network
+
+
+def registered_domain(name: str) -> str:
+    """'www.portal.example.co.uk' -> 'example.co.uk' (the name itself if the list has none)."""
+    return _psl().privatesuffix(name) or name
 
 
 def _check_label(label: str) -> None:

@@ -12,8 +12,14 @@ from datetime import datetime
 from certd import verify
 from certd.config import Config, FrontendConfig
 from certd.deployers.base import Deployer, DeployResult, Target
-from certd.model import CertificateSpec, Deployment, DeployStatus, Event, IssuedCertificate
-from certd.model import Severity
+from certd.model import (
+    CertificateSpec,
+    Deployment,
+    DeployStatus,
+    Event,
+    IssuedCertificate,
+    Severity,
+)
 from certd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,25 @@ class Rollout:
         groups = await asyncio.gather(*(self._group(spec, cert, g, ts)
                                         for g, ts in by_group.items()))
         return [r for results in groups for r in results]
+
+    async def remove(self, spec: CertificateSpec, chosen: list[Target]) -> list[DeployResult]:
+        """Delete the certificate's files from the nodes (all groups at once) and reload."""
+        by_group: dict[str, list[Target]] = {}
+        for t in chosen:
+            by_group.setdefault(t.frontend, []).append(t)
+        groups = await asyncio.gather(*(self.deployers[g].remove(ts)
+                                        for g, ts in by_group.items()))
+        results = [r for rs in groups for r in rs]
+        for r in results:
+            t = r.target
+            await self.store.put_deployment(Deployment(
+                t.certificate, t.frontend, t.node, "",
+                DeployStatus.REMOVED if r.ok else DeployStatus.FAILED, r.message, self.clock()))
+            await self.store.add_event(Event(
+                "remove.ok" if r.ok else "remove.failed", r.message,
+                Severity.INFO if r.ok else Severity.ERROR, certificate=t.certificate,
+                node=t.node, data={"frontend": t.frontend}))
+        return results
 
     async def _group(self, spec: CertificateSpec, cert: IssuedCertificate, group: str,
                      chosen: list[Target]) -> list[DeployResult]:

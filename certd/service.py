@@ -15,12 +15,13 @@ from cryptography import x509
 
 from certd import deployers, renewal, rollout
 from certd.budget import Budget
-from certd.issuance import ari
 from certd.config import Config
 from certd.deployers.base import Deployer, DeployResult, Target
 from certd.errors import AcmeError, CertdError
+from certd.issuance import ari
 from certd.issuance.issuer import Issuer
 from certd.model import (
+    Alias,
     CertificateSpec,
     CertificateState,
     CertStatus,
@@ -90,6 +91,43 @@ class Certd:
     # what should exist ----------------------------------------------------------------
     def specs(self) -> list[CertificateSpec]:
         return list(self._specs.values())
+
+    def _alias_spec(self, alias: Alias) -> CertificateSpec:
+        return CertificateSpec(alias.domain, (alias.domain,), alias.frontends,
+                               self.config.acme.key_type)
+
+    async def load_aliases(self) -> None:
+        """Add the API's aliases to the configured certificates (and forget removed ones).
+        Called at start and before every sweep: another process may have changed them."""
+        aliases = {a.domain: a for a in await self.store.list_aliases()}
+        configured = {c.name for c in self.config.certificates}
+        for name in [n for n in self._specs if n not in configured and n not in aliases]:
+            del self._specs[name]
+        for domain, alias in aliases.items():
+            if domain not in configured and not alias.removing:
+                self._specs[domain] = self._alias_spec(alias)
+
+    async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
+        if alias.domain in {c.name for c in self.config.certificates}:
+            raise CertdError(f"{alias.domain!r} is the name of a configured certificate")
+        stored, created = await self.store.add_alias(alias)
+        if not stored.removing:
+            self._specs[stored.domain] = self._alias_spec(stored)
+        return stored, created
+
+    async def remove_alias(self, domain: str) -> list[DeployResult]:
+        """Stop renewing `domain`, delete its files from every node (reloading them), forget
+        it. Nodes that fail keep it marked removing; calling again retries them."""
+        alias = await self.store.get_alias(domain)
+        if alias is None:
+            raise CertdError(f"alias {domain!r} does not exist")
+        spec = self._alias_spec(alias)
+        await self.store.mark_alias_removing(domain)
+        self._specs.pop(domain, None)
+        results = await self._rollout.remove(spec, self.targets(spec))
+        if all(r.ok for r in results):
+            await self.store.delete_alias(domain)
+        return results
 
     def spec(self, name: str) -> CertificateSpec:
         try:

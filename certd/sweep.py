@@ -54,6 +54,7 @@ class Sweeper:
             return None
         async with self._lock:
             started = time.perf_counter()
+            await self.certd.load_aliases()
             now = self.certd.clock()
             await self.store.purge_challenges(now)
             await self.certd.budget.purge(now)

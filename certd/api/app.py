@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiohttp import web
 
 from certd import __version__
+from certd.api import domains
+from certd.api.http import (
+    CERTD,
+    MAX_BODY,
+    TASKS,
+    TOKEN_NAME,
+    TOKENS,
+    Problem,
+    authenticate,
+    background,
+    certd_of,
+    errors,
+)
 from certd.api.tokens import Tokens
 from certd.errors import CertdError
 from certd.model import Event, utcnow
@@ -22,71 +34,15 @@ from certd.views import certificate_view
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 16 * 1024
-PROBLEM = "urn:certd:problem:"  # + a stable slug per error
-
-CERTD = web.AppKey("certd", Certd)
-TOKENS = web.AppKey("tokens", Tokens)
-TASKS = web.AppKey("tasks", set)
-TOKEN_NAME = web.RequestKey("token_name", str)
-
-
-def problem(status: int, slug: str, title: str, detail: str = "", **extra: Any
-            ) -> web.Response:
-    body = {"type": PROBLEM + slug, "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    body.update(extra)
-    return web.json_response(body, status=status, content_type="application/problem+json")
-
-
-class Problem(Exception):
-    """Raised by handlers; the middleware turns it into a problem document."""
-
-    def __init__(self, status: int, slug: str, title: str, detail: str = "", **extra: Any):
-        self.response = problem(status, slug, title, detail, **extra)
-
-
-@web.middleware
-async def errors(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Problem as exc:
-        return exc.response
-    except web.HTTPException as exc:  # aiohttp's own 404/405/413: same shape as ours
-        slug = {404: "not-found", 405: "method-not-allowed",
-                413: "body-too-large"}.get(exc.status, "http-error")
-        return problem(exc.status, slug, exc.reason)
-    except Exception:
-        log.exception("api: %s %s failed", request.method, request.path)
-        return problem(500, "internal", "Internal error", "see certd's log")
-
-
-@web.middleware
-async def authenticate(request: web.Request, handler) -> web.StreamResponse:
-    if not request.path.startswith("/api/"):
-        return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    name = request.app[TOKENS].check(token.strip()) if scheme.lower() == "bearer" else None
-    if name is None:
-        response = problem(401, "unauthorized", "Missing or unknown bearer token")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="certd"'
-        return response
-    request[TOKEN_NAME] = name
-    return await handler(request)
-
-
-def _certd(request: web.Request) -> Certd:
-    return request.app[CERTD]
-
-
 def _name(request: web.Request) -> str:
     name = request.match_info["name"]
     try:
-        _certd(request).spec(name)
+        certd_of(request).spec(name)
     except CertdError:
         raise Problem(404, "unknown-certificate", "No such certificate") from None
     return name
+
+
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -94,35 +50,27 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def list_certificates(request: web.Request) -> web.Response:
-    certd, now = _certd(request), utcnow()
+    certd, now = certd_of(request), utcnow()
     items = [await certificate_view(certd, s.name, now) for s in certd.specs()]
     return web.json_response({"items": items})
 
 
 async def get_certificate(request: web.Request) -> web.Response:
     name = _name(request)
-    return web.json_response(await certificate_view(_certd(request), name, utcnow()))
+    return web.json_response(await certificate_view(certd_of(request), name, utcnow()))
 
 
 async def _audit(request: web.Request, kind: str, name: str, message: str) -> None:
     who = request[TOKEN_NAME]
-    await _certd(request).store.add_event(Event(
+    await certd_of(request).store.add_event(Event(
         kind, f"api[{who}]: {message}", certificate=name, data={"token": who}))
-
-
-def _background(request: web.Request, coro) -> None:
-    """Run work past the response; failures are recorded by the service as events."""
-    task = asyncio.get_running_loop().create_task(coro)
-    tasks = request.app[TASKS]
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
 
 
 async def renew_certificate(request: web.Request) -> web.Response:
     name = _name(request)
     force = request.query.get("force", "true").lower() not in ("0", "false", "no")
     await _audit(request, "api.renew", name, f"renew {name} (force={force})")
-    certd = _certd(request)
+    certd = certd_of(request)
 
     async def work() -> None:
         try:
@@ -131,7 +79,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
         except CertdError as exc:
             log.warning("api: renew %s: %s", name, exc)
 
-    _background(request, work())
+    background(request, work())
     return web.json_response({"accepted": True, "certificate": name}, status=202,
                              headers={"Location": f"/api/v1/certificates/{name}"})
 
@@ -139,7 +87,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
 async def deploy_certificate(request: web.Request) -> web.Response:
     name = _name(request)
     await _audit(request, "api.deploy", name, f"deploy {name}")
-    certd = _certd(request)
+    certd = certd_of(request)
 
     async def work() -> None:
         try:
@@ -147,7 +95,7 @@ async def deploy_certificate(request: web.Request) -> web.Response:
         except CertdError as exc:
             log.warning("api: deploy %s: %s", name, exc)
 
-    _background(request, work())
+    background(request, work())
     return web.json_response({"accepted": True, "certificate": name}, status=202,
                              headers={"Location": f"/api/v1/certificates/{name}"})
 
@@ -170,4 +118,5 @@ def build_app(certd: Certd, tokens: Tokens) -> web.Application:
     r.add_get("/api/v1/certificates/{name}", get_certificate)
     r.add_post("/api/v1/certificates/{name}/renew", renew_certificate)
     r.add_post("/api/v1/certificates/{name}/deploy", deploy_certificate)
+    domains.add_routes(r)
     return app

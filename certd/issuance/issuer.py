@@ -19,8 +19,14 @@ from certd import failpoints, keys
 from certd.errors import AcmeError
 from certd.issuance.client import AcmeClient, Response
 from certd.issuance.http01 import valid_token
-from certd.model import Account, Challenge, IssuedCertificate, Order, utcnow
-from certd.model import CertificateSpec
+from certd.model import (
+    Account,
+    CertificateSpec,
+    Challenge,
+    IssuedCertificate,
+    Order,
+    utcnow,
+)
 from certd.store.base import Store
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,10 @@ from typing import Protocol
 
 from certd.model import (
     Account,
+    Alias,
     AriState,
-    CertSummary,
     CertificateState,
+    CertSummary,
     Challenge,
     Deployment,
     Event,
@@ -79,6 +80,23 @@ class Store(Protocol):
         """Per certificate, its latest order if a run left it unfinished (crash, CA outage):
         pending, ready, processing, or valid at the CA with its key not yet forgotten."""
         ...
+
+    # custom-domain aliases
+    async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
+        """Insert unless present (atomic: two concurrent adds create one); returns the stored
+        alias and whether this call created it."""
+        ...
+
+    async def get_alias(self, domain: str) -> Alias | None: ...
+
+    async def list_aliases(self, *, limit: int | None = None, after: str | None = None
+                           ) -> list[Alias]:
+        """Ordered by domain; `after` is the cursor (the last domain of the previous page)."""
+        ...
+
+    async def mark_alias_removing(self, domain: str) -> None: ...
+
+    async def delete_alias(self, domain: str) -> None: ...
 
     # ARI windows, one per certificate name (for its current serial)
     async def get_ari(self, name: str) -> AriState | None: ...

@@ -89,4 +89,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE orders ADD COLUMN key_pem TEXT",
         "ALTER TABLE orders ADD COLUMN replaces TEXT",
     ],
+    [  # 3: custom-domain aliases added through the API
+        """CREATE TABLE aliases (
+            domain TEXT PRIMARY KEY,
+            frontends TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            removing INTEGER NOT NULL DEFAULT 0)""",
+    ],
 ]

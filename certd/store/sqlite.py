@@ -14,10 +14,11 @@ import aiosqlite
 from certd.errors import StoreError
 from certd.model import (
     Account,
+    Alias,
     AriState,
-    CertSummary,
     CertificateState,
     CertStatus,
+    CertSummary,
     Challenge,
     Deployment,
     DeployStatus,
@@ -264,6 +265,34 @@ class SqliteStore:
             for r in rows
         ]
 
+    # aliases
+    async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
+        created = await self._exec(
+            "INSERT OR IGNORE INTO aliases (domain, frontends, created_by, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (alias.domain, json.dumps(list(alias.frontends)), alias.created_by,
+             _ts(alias.created_at)),
+        )
+        return await self.get_alias(alias.domain), created == 1
+
+    async def get_alias(self, domain: str) -> Alias | None:
+        row = await self._one("SELECT * FROM aliases WHERE domain = ?", (domain,))
+        return None if row is None else _alias(row)
+
+    async def list_aliases(self, *, limit: int | None = None, after: str | None = None
+                           ) -> list[Alias]:
+        rows = await self._all(
+            "SELECT * FROM aliases WHERE (? IS NULL OR domain > ?) ORDER BY domain LIMIT ?",
+            (after, after, -1 if limit is None else limit),
+        )
+        return [_alias(r) for r in rows]
+
+    async def mark_alias_removing(self, domain: str) -> None:
+        await self._exec("UPDATE aliases SET removing = 1 WHERE domain = ?", (domain,))
+
+    async def delete_alias(self, domain: str) -> None:
+        await self._exec("DELETE FROM aliases WHERE domain = ?", (domain,))
+
     # ARI windows
     async def get_ari(self, name: str) -> AriState | None:
         row = await self._one("SELECT * FROM ari WHERE name = ?", (name,))
@@ -404,6 +433,11 @@ def _state(row: sqlite3.Row) -> CertificateState:
         next_attempt_at=_dt(row["next_attempt_at"]),
         updated_at=_dt(row["updated_at"]),
     )
+
+
+def _alias(row: sqlite3.Row) -> Alias:
+    return Alias(row["domain"], tuple(json.loads(row["frontends"])), row["created_by"],
+                 _dt(row["created_at"]), bool(row["removing"]))
 
 
 def _ari(row: sqlite3.Row) -> AriState:

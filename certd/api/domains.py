@@ -1,0 +1,189 @@
+"""/api/v1/domains: customers' custom-domain aliases. One certificate per alias, named after
+the domain, so one customer's broken DNS never blocks another's certificate."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from aiohttp import web
+
+from certd import names
+from certd.api.http import TOKEN_NAME, Problem, background, certd_of, read_json
+from certd.errors import CertdError
+from certd.model import Alias, Event, utcnow
+from certd.views import certificate_view
+
+log = logging.getLogger(__name__)
+
+QUOTA = "api_alias"  # ledger kind: aliases created per token
+QUOTA_WINDOW = timedelta(hours=1)
+MAX_LIMIT = 500
+STATUSES = ("pending", "issuing", "issued", "deployed", "failed", "removing")
+
+
+async def domain_view(request: web.Request, alias: Alias) -> dict:
+    certd = certd_of(request)
+    if alias.removing:
+        return {"domain": alias.domain, "status": "removing", "frontends": list(alias.frontends),
+                "certificate": None, "deployments": [], "renewal_at": None,
+                "last_error": None, "next_attempt_at": None,
+                "created_at": alias.created_at.isoformat()}
+    view = await certificate_view(certd, alias.domain, utcnow())
+    cert = None
+    if view["serial"]:
+        cert = {k: view[k] for k in ("serial", "not_before", "not_after", "fingerprint_sha256")}
+    return {
+        "domain": alias.domain, "status": view["status"], "frontends": view["frontends"],
+        "certificate": cert,
+        "deployments": [{k: d[k] for k in ("frontend", "node", "status", "serial", "updated_at")}
+                        for d in view["deployments"]],
+        "renewal_at": view["renewal_at"], "last_error": view["last_error"],
+        "next_attempt_at": view["next_attempt_at"], "created_at": alias.created_at.isoformat(),
+    }
+
+
+def _domain(raw) -> str:
+    if not isinstance(raw, str):
+        raise Problem(422, "invalid-domain", "domain must be a string")
+    try:
+        return names.normalise(raw)
+    except names.NameRejected as exc:
+        raise Problem(422, "invalid-domain", "Domain refused", str(exc)) from None
+
+
+async def create(request: web.Request) -> web.Response:
+    certd = certd_of(request)
+    data = await read_json(request)
+    unknown = set(data) - {"domain", "frontends"}
+    if unknown:
+        raise Problem(400, "unknown-field", "Unknown field", f"unknown field {sorted(unknown)[0]!r}")
+    domain = _domain(data.get("domain"))
+    policy = certd.config.domains
+    if domain in policy.denied or any(domain.endswith("." + d) for d in policy.denied):
+        raise Problem(422, "domain-denied", "Domain refused", "denied by domains.denied")
+    if policy.allowed_suffixes and not any(domain == s or domain.endswith("." + s)
+                                           for s in policy.allowed_suffixes):
+        raise Problem(422, "domain-not-allowed", "Domain refused",
+                      "not under any of domains.allowed_suffixes")
+    frontends = data.get("frontends", policy.default_frontends)
+    if (not isinstance(frontends, list) or not frontends
+            or not all(isinstance(f, str) and f in certd.config.frontends for f in frontends)):
+        raise Problem(422, "invalid-frontends", "Unknown or missing frontends",
+                      "frontends must list configured frontend groups "
+                      "(or set domains.default_frontends)")
+    who = request[TOKEN_NAME]
+    existing = await certd.store.get_alias(domain)
+    if existing is not None and not existing.removing:
+        return web.json_response(await domain_view(request, existing), status=200,
+                                 headers={"Location": f"/api/v1/domains/{domain}"})
+    now = utcnow()
+    used = await certd.store.ledger_times(QUOTA, who, now - QUOTA_WINDOW)
+    if len(used) >= policy.per_token_per_hour:
+        retry = int((used[len(used) - policy.per_token_per_hour] + QUOTA_WINDOW - now)
+                    .total_seconds()) + 1
+        response = web.json_response(
+            {"type": "urn:certd:problem:quota", "title": "Too many new domains",
+             "status": 429, "detail": f"{policy.per_token_per_hour} per hour for this token"},
+            status=429, content_type="application/problem+json")
+        response.headers["Retry-After"] = str(max(1, retry))
+        return response
+    try:
+        alias, created = await certd.add_alias(Alias(domain, tuple(dict.fromkeys(frontends)),
+                                                     who, now))
+    except CertdError as exc:
+        raise Problem(409, "conflict", "Domain conflicts", str(exc)) from None
+    if not created:  # a concurrent request won the race
+        return web.json_response(await domain_view(request, alias), status=200,
+                                 headers={"Location": f"/api/v1/domains/{domain}"})
+    await certd.store.ledger_add(QUOTA, [who], now)
+    await certd.store.add_event(Event("api.domain.add", f"api[{who}]: add {domain}",
+                                      certificate=domain, data={"token": who,
+                                                                "frontends": list(frontends)}))
+
+    async def work() -> None:
+        try:
+            if await certd.renew(domain, wait=True) is not None:
+                await certd.deploy(domain, only_stale=True)
+        except CertdError as exc:
+            log.warning("api: %s: %s", domain, exc)
+
+    background(request, work())
+    return web.json_response(await domain_view(request, alias), status=202,
+                             headers={"Location": f"/api/v1/domains/{domain}"})
+
+
+async def _get_alias(request: web.Request) -> Alias:
+    domain = request.match_info["domain"]
+    try:
+        domain = names.normalise(domain)
+    except names.NameRejected:
+        raise Problem(404, "unknown-domain", "No such domain") from None
+    alias = await certd_of(request).store.get_alias(domain)
+    if alias is None:
+        raise Problem(404, "unknown-domain", "No such domain")
+    return alias
+
+
+async def show(request: web.Request) -> web.Response:
+    return web.json_response(await domain_view(request, await _get_alias(request)))
+
+
+async def listing(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise Problem(400, "bad-parameter", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Problem(400, "bad-parameter", f"limit must be 1..{MAX_LIMIT}")
+    status = request.query.get("status")
+    if status is not None and status not in STATUSES:
+        raise Problem(400, "bad-parameter", f"status must be one of {', '.join(STATUSES)}")
+    cursor = request.query.get("cursor") or None
+    store = certd_of(request).store
+    items: list[dict] = []
+    after = cursor
+    while len(items) < limit:  # filtering by status may need more than one page
+        page = await store.list_aliases(limit=limit, after=after)
+        if not page:
+            after = None
+            break
+        for alias in page:
+            view = await domain_view(request, alias)
+            after = alias.domain
+            if status is None or view["status"] == status:
+                items.append(view)
+                if len(items) == limit:
+                    break
+        if len(page) < limit and len(items) < limit:
+            after = None
+            break
+    return web.json_response({"items": items, "next_cursor": after})
+
+
+async def remove(request: web.Request) -> web.Response:
+    alias = await _get_alias(request)
+    if request.query.get("revoke", "false").lower() in ("1", "true", "yes"):
+        raise Problem(501, "revoke-not-implemented", "Revocation is not implemented yet",
+                      "remove without ?revoke=true; the certificate expires on its own")
+    certd = certd_of(request)
+    who = request[TOKEN_NAME]
+    await certd.store.add_event(Event("api.domain.remove", f"api[{who}]: remove {alias.domain}",
+                                      certificate=alias.domain, data={"token": who}))
+
+    async def work() -> None:
+        try:
+            await certd.remove_alias(alias.domain)
+        except CertdError as exc:
+            log.warning("api: remove %s: %s", alias.domain, exc)
+
+    await certd.store.mark_alias_removing(alias.domain)
+    background(request, work())
+    return web.json_response({"domain": alias.domain, "status": "removing"}, status=202)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post("/api/v1/domains", create)
+    router.add_get("/api/v1/domains", listing)
+    router.add_get("/api/v1/domains/{domain}", show)
+    router.add_delete("/api/v1/domains/{domain}", remove)

@@ -1,0 +1,177 @@
+"""/api/v1/domains without a CA: validation of hostile input (nothing stored, nothing ordered),
+idempotency and races, pagination, quotas, audit. The lab test covers issuance and removal."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from certd import config as configuration
+from certd.api import app as api
+from certd.api.tokens import parse
+from certd.app import open_certd
+from certd.model import Alias
+
+TOKEN = "domains-token-0123456789"
+OTHER = "other-token-0123456789ab"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def client(tmp_path):
+    cfg = configuration.parse({
+        "state_dir": str(tmp_path / "state"),
+        # nothing listens here: background orders fail fast, which these tests ignore
+        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
+        "frontends": {
+            "web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
+                    "deployer": {"type": "file", "path": str(tmp_path) + "/{node}/{certificate}"}},
+            "edge": {"nodes": [{"name": "fe9", "address": "127.0.0.9"}],
+                     "deployer": {"type": "file", "path": str(tmp_path) + "/{node}/{certificate}"}},
+        },
+        "domains": {"default_frontends": ["web"], "denied": ["blocked.example"],
+                    "per_token_per_hour": 5},
+        "certificates": [{"name": "portal.example.org", "domains": ["portal.example.org"],
+                          "frontends": ["web"]}],
+    })
+    async with open_certd(cfg) as certd:
+        app = api.build_app(certd, parse(f"ops {TOKEN}\nci {OTHER}\n", "tokens"))
+        async with TestClient(TestServer(app)) as c:
+            c.certd = certd
+            yield c
+
+
+H = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def post(client, body, headers=H, **kw):
+    return await client.post("/api/v1/domains", json=body, headers=headers, **kw)
+
+
+async def test_add_is_accepted_idempotent_and_audited(client):
+    resp = await post(client, {"domain": "Data.Example.COM."})
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["domain"] == "data.example.com" and body["frontends"] == ["web"]
+    assert resp.headers["Location"] == "/api/v1/domains/data.example.com"
+    assert set(body) == {"domain", "status", "frontends", "certificate", "deployments",
+                         "renewal_at", "last_error", "next_attempt_at", "created_at"}
+    again = await post(client, {"domain": "data.example.com", "frontends": ["web"]})
+    assert again.status == 200 and (await again.json())["domain"] == "data.example.com"
+    events = await client.certd.store.events(kind="api.domain.add")
+    assert len(events) == 1 and events[0].data["token"] == "ops"
+    assert "data.example.com" in {s.name for s in client.certd.specs()}
+    shown = await client.get("/api/v1/domains/data.example.com", headers=H)
+    assert shown.status == 200 and (await shown.json())["created_at"] == body["created_at"]
+
+
+async def test_two_concurrent_posts_create_one_certificate(client):
+    answers = await asyncio.gather(*(post(client, {"domain": "race.example.com"})
+                                     for _ in range(5)))
+    assert sorted(r.status for r in answers).count(202) == 1
+    assert all(r.status in (200, 202) for r in answers)
+    assert len(await client.certd.store.list_aliases()) == 1
+    assert len(await client.certd.store.events(kind="api.domain.add")) == 1
+
+
+BAD_NAMES = [
+    "*.example.com", "192.0.2.1", "[2001:db8::1]", "com", "co.uk", "example", "a..example.com",
+    "-a.example.com", "a-.example.com", "a_b.example.com", "a b.example.com", "exa mple.com",
+    "x" * 64 + ".example.com", ".".join(["abcdefghi"] * 26) + ".com", "xn--zz.example.com",
+    "ab--c.example.com", "bad\u202e.example.com", "tab\t.example.com", "nul\x00.example.com",
+    "", " ", "example.com ", "１２７.０.０.１", "127.1", "blocked.example", "sub.blocked.example",
+    "portal.example.org", "http://x.example.com", "x.example.com/path", "x.example.com:443",
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_bad_names_are_refused_and_nothing_is_stored(client, name):
+    resp = await post(client, {"domain": name})
+    assert 400 <= resp.status < 500, (name, resp.status)
+    assert resp.content_type == "application/problem+json"
+    body = await resp.json()
+    assert body["type"].startswith("urn:certd:problem:") and body["status"] == resp.status
+    assert await client.certd.store.list_aliases() == []
+    assert await client.certd.store.orders() == []
+
+
+@pytest.mark.parametrize("send", [
+    {"data": b"not json", "headers": {**H, "Content-Type": "application/json"}},
+    {"data": b'{"domain": "a.example.com"}', "headers": {**H, "Content-Type": "text/plain"}},
+    {"data": b"[1, 2]", "headers": {**H, "Content-Type": "application/json"}},
+    {"data": b'{"domain": "a.example.com", "admin": true}',
+     "headers": {**H, "Content-Type": "application/json"}},
+    {"data": b'{"domain": 42}', "headers": {**H, "Content-Type": "application/json"}},
+    {"data": b'{"domain": "a.example.com", "frontends": "web"}',
+     "headers": {**H, "Content-Type": "application/json"}},
+    {"data": b'{"domain": "a.example.com", "frontends": ["nope"]}',
+     "headers": {**H, "Content-Type": "application/json"}},
+    {"data": b'{"domain": "a.example.com", "frontends": []}',
+     "headers": {**H, "Content-Type": "application/json"}},
+    {"data": b'{"domain": "' + b"a" * 40000 + b'.com"}',
+     "headers": {**H, "Content-Type": "application/json"}},
+])
+async def test_bad_requests_are_problems(client, send):
+    resp = await client.post("/api/v1/domains", **send)
+    assert 400 <= resp.status < 500 and resp.content_type == "application/problem+json"
+    assert await client.certd.store.list_aliases() == []
+
+
+async def test_auth_is_required(client):
+    for headers in ({}, {"Authorization": "Bearer nope-nope-nope-nope"}):
+        resp = await post(client, {"domain": "a.example.com"}, headers=headers)
+        assert resp.status == 401
+    assert await client.certd.store.list_aliases() == []
+
+
+async def test_quota_per_token_answers_429_with_retry_after(client):
+    for i in range(5):
+        assert (await post(client, {"domain": f"q{i}.example.com"})).status == 202
+    resp = await post(client, {"domain": "q5.example.com"})
+    assert resp.status == 429 and 0 < int(resp.headers["Retry-After"]) <= 3600
+    other = await post(client, {"domain": "q5.example.com"},
+                       headers={"Authorization": f"Bearer {OTHER}"})
+    assert other.status == 202  # the quota is per token
+
+
+async def test_pagination_and_status_filter(client):
+    store = client.certd.store
+    for i in range(7):
+        await client.certd.add_alias(Alias(f"p{i}.example.com", ("web",), "ops"))
+    seen, cursor = [], None
+    while True:
+        url = "/api/v1/domains?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await client.get(url, headers=H)).json()
+        seen += [d["domain"] for d in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == sorted(f"p{i}.example.com" for i in range(7))
+    pending = await (await client.get("/api/v1/domains?status=pending&limit=100",
+                                      headers=H)).json()
+    assert len(pending["items"]) == 7
+    none = await (await client.get("/api/v1/domains?status=deployed", headers=H)).json()
+    assert none["items"] == []
+    for query in ("limit=0", "limit=x", "limit=100000", "status=bogus"):
+        resp = await client.get(f"/api/v1/domains?{query}", headers=H)
+        assert resp.status == 400, query
+    assert len(await store.list_aliases()) == 7
+
+
+async def test_unknown_domain_and_revoke_not_yet(client):
+    resp = await client.get("/api/v1/domains/missing.example.com", headers=H)
+    assert resp.status == 404
+    resp = await client.delete("/api/v1/domains/..%2f..%2fetc", headers=H)
+    assert resp.status == 404
+    await post(client, {"domain": "keep.example.com"})
+    resp = await client.delete("/api/v1/domains/keep.example.com?revoke=true", headers=H)
+    assert resp.status == 501
+    assert (await client.certd.store.get_alias("keep.example.com")) is not None
