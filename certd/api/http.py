@@ -91,3 +91,9 @@ def background(request: web.Request, coro) -> None:
     tasks = request.app[TASKS]
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+    task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("api: background work failed", exc_info=task.exception())

@@ -22,6 +22,7 @@ import aiohttp
 from certd.config import SaltDeployerConfig
 from certd.deployers.base import DeployResult, Target, file_set
 from certd.errors import DeployError
+from certd.httputil import BodyTooLarge, read_limited
 from certd.model import IssuedCertificate
 
 MAX_BODY = 16 << 20
@@ -116,9 +117,13 @@ class SaltDeployer:
         try:
             async with self._session.post(self.config.url + path, json=payload,
                                           headers=headers, timeout=timeout) as resp:
-                body = await resp.content.read(MAX_BODY)
                 if resp.status != 200:
                     return resp.status, None
+                try:
+                    body = await read_limited(resp, MAX_BODY)
+                except BodyTooLarge:
+                    raise DeployError(f"salt[{self.config.url}]: answer larger than "
+                                      f"{MAX_BODY} bytes", node="*", kind="salt") from None
                 try:
                     return resp.status, json.loads(body)
                 except ValueError:

@@ -24,6 +24,7 @@ from yarl import URL
 
 from certd import __version__
 from certd.errors import AcmeError
+from certd.httputil import BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,11 @@ class AcmeClient:
                 method, url, data=data, headers=headers, ssl=self._ssl, timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.content.read(MAX_BODY + 1)
-                if len(body) > MAX_BODY:
+                try:
+                    body = await read_limited(resp, MAX_BODY)
+                except BodyTooLarge:
                     raise AcmeError(f"acme: {url}: response larger than {MAX_BODY} bytes",
-                                    type="certd:malformed")
+                                    type="certd:malformed") from None
                 links: dict[str, list[str]] = {}
                 for rel, target in _links(resp):
                     links.setdefault(rel, []).append(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from dataclasses import replace
@@ -28,6 +29,8 @@ from certd.model import (
     Severity,
 )
 from certd.store.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
 
 
 def _ts(dt: datetime | None) -> str | None:
@@ -123,8 +126,13 @@ class SqliteStore:
     async def _durable(self) -> None:
         """fsync the WAL and copy it into the database file (a passive checkpoint); inside a
         caller's transaction, the caller's COMMIT comes first."""
-        if not self.db.in_transaction:
-            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if self.db.in_transaction:
+            return
+        try:
+            async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+                await cur.fetchall()  # a pragma left unread keeps its statement active
+        except sqlite3.OperationalError as exc:  # busy elsewhere: the commit still stands
+            log.debug("sqlite[%s]: checkpoint skipped: %s", self.path, exc)
 
     # accounts
     async def get_account(self, directory: str) -> Account | None:
@@ -310,10 +318,11 @@ class SqliteStore:
     # the request ledger (budget)
     async def ledger_add(self, kind: str, keys: list[str], at: datetime) -> None:
         try:
-            await self.db.executemany(
+            async with self.db.executemany(
                 "INSERT INTO ledger (kind, key, at) VALUES (?, ?, ?)",
                 [(kind, key, _ts(at)) for key in keys],
-            )
+            ):
+                pass
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
 
