@@ -122,6 +122,7 @@ class AcmeConfig(_Model):
     order_timeout: Duration = timedelta(minutes=5)  # whole order, validation included
     reuse_key: bool = False  # a renewal keeps the certificate's key (the account key always stays)
     ari: bool = True  # follow the CA's renewal windows (RFC 9773) when its directory offers them
+    caa_identities: list[str] = Field(default_factory=lambda: ["letsencrypt.org"])  # RFC 8659
 
     @field_validator("directory")
     @classmethod
@@ -205,6 +206,7 @@ DeployerConfig = Annotated[
 
 class FrontendConfig(_Model):
     tls_port: int = Field(default=443, gt=0, lt=65536)
+    http_port: int = Field(default=80, gt=0, lt=65536)  # where nodes proxy the challenges
     nodes: list[NodeConfig] = Field(min_length=1)
     deployer: DeployerConfig
     check: Template | None = None
@@ -280,6 +282,9 @@ class DomainsConfig(_Model):
     allowed_suffixes: list[Annotated[str, AfterValidator(_domain)]] = Field(default_factory=list)
     denied: list[Annotated[str, AfterValidator(_domain)]] = Field(default_factory=list)
     per_token_per_hour: int = Field(default=100, ge=1)  # new aliases; more get 429
+    preflight: bool = True  # check HTTP-01 through every node, DNS and CAA before ordering
+    resolver: Listen | None = None  # DNS server for preflight (default: the system's)
+    validation_port: int = Field(default=80, gt=0, lt=65536)  # where the CA connects
 
 
 class Config(_Model):

@@ -13,9 +13,9 @@ from typing import Callable
 
 from cryptography import x509
 
-from certd import deployers, renewal, rollout
+from certd import deployers, preflight, renewal, rollout
 from certd.budget import Budget
-from certd.config import Config
+from certd.config import Config, split_listen
 from certd.deployers.base import Deployer, DeployResult, Target
 from certd.errors import AcmeError, CertdError
 from certd.issuance import ari
@@ -178,6 +178,8 @@ class Certd:
             await self._failed(name, exc)
             raise
         ari_renewal = replaces is not None and reason == "due (ari)"
+        if resume is None and self.is_alias(name) and self.config.domains.preflight:
+            await self._preflight(spec)
         now = self.clock()
         if resume is None and not ari_renewal:
             verdict = await self.budget.check(spec.domains, now)
@@ -216,6 +218,29 @@ class Certd:
                   "reason": reason, "replaces": replaces},
         ))
         return stored
+
+    def is_alias(self, name: str) -> bool:
+        return name not in {c.name for c in self.config.certificates}
+
+    async def _preflight(self, spec: CertificateSpec) -> None:
+        """Would the CA's validation succeed? If not, fail like an order would (state, backoff,
+        event) without sending anything to the CA."""
+        await self.issuer.ensure_account()
+        domains = self.config.domains
+        nodes = [(n.name, n.address, self.config.frontends[g].http_port)
+                 for g in spec.frontends for n in self.config.frontends[g].nodes]
+        for domain in spec.domains:
+            result = await preflight.preflight(
+                domain, store=self.store, nodes=nodes,
+                resolver=split_listen(domains.resolver) if domains.resolver else None,
+                ca_identities=self.config.acme.caa_identities,
+                account_uri=self.issuer.client.account_uri,
+                http_port=domains.validation_port)
+            if not result.ok:
+                exc = AcmeError(f"preflight[{domain}]: {result.reason}; nothing sent to the CA",
+                                type="certd:preflight")
+                await self._failed(spec.name, exc)
+                raise exc
 
     async def _unfinished_order(self, name: str) -> Order | None:
         """The last order, if a previous run left it unfinished (crash, CA outage)."""

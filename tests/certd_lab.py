@@ -29,12 +29,17 @@ def lab_config_data(lab: Lab, state_dir: Path, certificates: list[dict],
             "ca_bundle": str(pebble.ca_bundle),
             "timeout": "10s",
             "order_timeout": "60s",
+            "caa_identities": ["pebble.letsencrypt.org"],
         },
         "challenge": {"listen": lab.challenge_listen},
+        # aliases' preflight: the lab's DNS, the load balancer as the CA's port 80
+        "domains": {"resolver": f"127.0.0.1:{lab.challtestsrv.dns_port}",
+                    "validation_port": lab.http_port},
         "api": {"listen": f"127.0.0.1:{free_port()}"},
         "frontends": {
             "web": {
                 "tls_port": lab.tls_port,
+                "http_port": lab.node_http_port,
                 "nodes": [{"name": n.name, "address": n.address} for n in lab.nodes],
                 "deployer": {"type": "file", "path": lab.deploy_path_template},
                 "reload": lab.reload_command,

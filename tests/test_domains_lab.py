@@ -35,7 +35,7 @@ async def test_alias_added_deployed_then_removed(lab, tmp_path):
     domain = "customer-alias.test"
     lab.set_sites({domain: [domain]})
     data = lab_config_data(lab, tmp_path / "state", [])
-    data["domains"] = {"default_frontends": ["web"]}
+    data["domains"]["default_frontends"] = ["web"]
     cfg = configuration.parse(data)
     async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
         app = api.build_app(certd, parse(f"platform {TOKEN}\n", "tokens"))
@@ -61,3 +61,75 @@ async def test_alias_added_deployed_then_removed(lab, tmp_path):
         assert not (lab.cert_dir(node.name, domain).parent / f".{domain}.d").exists()
         assert served_serial(lab, node.name, domain) == ""
     assert domain not in {s.name for s in certd.specs()}
+
+
+def test_domains_cli_against_the_daemon(lab, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.certd_lab import Daemon, write_config
+
+    domain = "cli-alias.test"
+    lab.set_sites({domain: [domain]})
+    data = lab_config_data(lab, tmp_path / "state", [])
+    data["domains"]["default_frontends"] = ["web"]
+    data["api"]["tokens_file"] = str(tmp_path / "tokens")
+    (tmp_path / "tokens").write_text(f"platform {TOKEN}\n")
+    cfg = write_config(tmp_path / "c.yaml", data)
+
+    def certd(*args, env=None):
+        return subprocess.run([sys.executable, "-m", "certd", "-c", str(cfg), "domains", *args],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **(env or {})})
+
+    daemon = Daemon(cfg, tmp_path / "certd.log")
+    try:
+        daemon.wait_log("api listening")
+        added = certd("add", domain, "--wait")
+        assert added.returncode == 0, added.stderr
+        assert "deployed, serial" in added.stdout
+        listed = json.loads(certd("list", "--json").stdout)
+        assert [d["domain"] for d in listed] == [domain] and listed[0]["status"] == "deployed"
+        assert json.loads(certd("show", domain).stdout)["domain"] == domain
+        bad = certd("add", "*.wild.test")
+        assert bad.returncode == 1 and "wildcard" in bad.stderr
+        wrong = certd("list", env={"CERTD_API_TOKEN": "wrong-token-wrong-token"})
+        assert wrong.returncode == 1 and "unauthorized" in wrong.stderr
+        removed = certd("remove", domain)
+        assert removed.returncode == 0
+        deadline = time.monotonic() + 30
+        while certd("show", domain).returncode == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert certd("show", domain).returncode == 1
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("breakage", ["dns", "caa"])
+async def test_preflight_failure_sends_nothing_to_the_ca(lab, tmp_path, breakage):
+    domain = f"preflight-{breakage}.test"
+    lab.set_sites({domain: [domain]})
+    if breakage == "dns":
+        lab.add_a(domain, "127.0.0.9")  # nothing serves there
+    else:
+        lab.add_caa(domain, [("issue", "otherca.example")])
+    data = lab_config_data(lab, tmp_path / "state", [])
+    data["domains"]["default_frontends"] = ["web"]
+    cfg = configuration.parse(data)
+    orders = lab.pebble.count_new_orders()
+    try:
+        async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+            app = api.build_app(certd, parse(f"platform {TOKEN}\n", "tokens"))
+            async with TestClient(TestServer(app)) as client:
+                resp = await client.post("/api/v1/domains", json={"domain": domain}, headers=H)
+                assert resp.status == 202
+                body = await _until(client, f"/api/v1/domains/{domain}",
+                                    lambda s, b: b.get("status") == "failed")
+    finally:
+        lab.clear_a(domain) if breakage == "dns" else lab.clear_caa(domain)
+    assert body["last_error"].startswith(f"preflight[{domain}]:")
+    assert ("CAA" in body["last_error"]) == (breakage == "caa")
+    assert body["next_attempt_at"] is not None
+    assert lab.pebble.count_new_orders() == orders  # nothing reached the CA
