@@ -31,6 +31,7 @@ class Verdict:
     ok: bool
     retry_at: datetime | None = None  # when the tightest bucket frees a slot
     reason: str = ""
+    account_wide: bool = False  # the account's order bucket: no other order can go either
 
 
 class Budget:
@@ -57,7 +58,7 @@ class Budget:
                 continue
             frees = times[len(times) - limit] + window
             if worst is None or frees > worst.retry_at:
-                worst = Verdict(False, frees, f"budget: {limit} {what} used")
+                worst = Verdict(False, frees, f"budget: {limit} {what} used", kind == ORDER)
         return worst or Verdict(True)
 
     async def record_order(self, now: datetime) -> None:

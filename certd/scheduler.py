@@ -19,6 +19,7 @@ from certd.sweep import Sweeper
 log = logging.getLogger(__name__)
 
 WAKE_SLACK = timedelta(seconds=1)  # wake a little after the due moment, not a little before
+MIN_GAP = timedelta(seconds=10)  # never sweep again sooner than this after a sweep ends
 
 
 class Scheduler:
@@ -66,7 +67,8 @@ class Scheduler:
         result = await self.sweeper.sweep()
         if result is None or result.wake_at is None or self._scheduler is None:
             return
-        wake = max(result.wake_at, datetime.now(timezone.utc)) + WAKE_SLACK
+        # a wake time in the past (work a sweep could not do) must not become a tight loop
+        wake = max(result.wake_at + WAKE_SLACK, datetime.now(timezone.utc) + MIN_GAP)
         job = self._scheduler.get_job("sweep")
         if job is not None and job.next_run_time is not None and job.next_run_time <= wake:
             return  # the regular sweep comes first

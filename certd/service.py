@@ -64,8 +64,9 @@ def _dead_here(owner: str) -> bool:
 class BudgetDeferred(CertdError):
     """The request budget is spent: the order waits until `retry_at`."""
 
-    def __init__(self, message: str, retry_at: datetime):
+    def __init__(self, message: str, retry_at: datetime, account_wide: bool = False):
         self.retry_at = retry_at
+        self.account_wide = account_wide  # no order of this account can go before retry_at
         super().__init__(message)
 
 
@@ -191,7 +192,7 @@ class Certd:
                     certificate=name, data={"retry_at": verdict.retry_at.isoformat()}))
                 raise BudgetDeferred(f"certificate[{name}]: {verdict.reason}; queued until "
                                      f"{verdict.retry_at.isoformat(timespec='seconds')}",
-                                     verdict.retry_at)
+                                     verdict.retry_at, verdict.account_wide)
         reuse = current.key_pem if current and self.config.acme.reuse_key else None
         async with self._orders:
             log.info("certificate[%s]: ordering (%s)", name, reason)

@@ -15,7 +15,7 @@ from certd import renewal
 from certd.errors import AcmeError, CertdError
 from certd.issuance import ari
 from certd.model import AriState, Event, Severity
-from certd.service import Certd
+from certd.service import BudgetDeferred, Certd
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,51 @@ class Sweeper:
             if decision.ari_checks and await self._offers_ari():
                 await self._check_ari(decision.ari_checks)
                 decision = await self.decide()
-            outcomes = await asyncio.gather(*(self._renew(d) for d in decision.due))
+            outcomes, budget_frees = await self._renew_due(decision.due)
             renewed = [name for name, ok in outcomes if ok]
             for name in dict.fromkeys(renewed + decision.deploy):
                 await self._deploy(name)
             if renewed or any(not ok for _, ok in outcomes):
                 decision = await self.decide()  # new certificates, new backoffs: new wake time
+            wake = decision.wake_at
+            if budget_frees is not None:  # the rest waits, in due order, for the budget
+                wake = min(wake, budget_frees) if wake else budget_frees
             result = SweepResult(len(outcomes), len(renewed), sum(not ok for _, ok in outcomes),
-                                 decision.wake_at, time.perf_counter() - started)
+                                 wake, time.perf_counter() - started)
             self.last = result
             log.info("sweep done: %d certificates, %d due, %d renewed, %d failed; next %s",
                      len(self.certd.specs()), result.due, result.renewed, result.failed,
                      result.wake_at.isoformat(timespec="seconds") if result.wake_at else "-")
             return result
 
-    async def _renew(self, due: renewal.Due) -> tuple[str, bool]:
+    async def _renew_due(self, due: list[renewal.Due]
+                         ) -> tuple[list[tuple[str, bool]], datetime | None]:
+        """Most urgent first, max_concurrent at a time. When the account's order budget is
+        spent, stop: the rest stays due and goes when the budget frees (no point asking the
+        store and the CA thousands of times in between)."""
+        outcomes: list[tuple[str, bool]] = []
+        queue = iter(due)
+        stop: list[datetime] = []
+
+        async def worker() -> None:
+            for item in queue:
+                if stop:
+                    return
+                outcomes.append(await self._renew(item, stop))
+
+        workers = min(len(due), self.certd.config.renewal.max_concurrent)
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return outcomes, (min(stop) if stop else None)
+
+    async def _renew(self, due: renewal.Due, stop: list[datetime] | None = None
+                     ) -> tuple[str, bool]:
         try:
             cert = await self.certd.renew(due.name)
+        except BudgetDeferred as exc:
+            if exc.account_wide and stop is not None:
+                stop.append(exc.retry_at)
+            log.warning("certificate[%s]: %s", due.name, exc)
+            return due.name, False
         except CertdError as exc:
             log.warning("certificate[%s]: %s", due.name, exc)
             return due.name, False

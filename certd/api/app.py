@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from certd import __version__
-from certd.api import domains
+from certd.api import domains, openapi
 from certd.api.http import (
     CERTD,
     MAX_BODY,
@@ -119,4 +119,5 @@ def build_app(certd: Certd, tokens: Tokens) -> web.Application:
     r.add_post("/api/v1/certificates/{name}/renew", renew_certificate)
     r.add_post("/api/v1/certificates/{name}/deploy", deploy_certificate)
     domains.add_routes(r)
+    r.add_get("/api/v1/openapi.json", openapi.serve)
     return app

@@ -48,7 +48,10 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as exc:  # aiohttp's own 404/405/413: same shape as ours
         slug = {404: "not-found", 405: "method-not-allowed",
                 413: "body-too-large"}.get(exc.status, "http-error")
-        return problem(exc.status, slug, exc.reason)
+        response = problem(exc.status, slug, exc.reason)
+        if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("api: %s %s failed", request.method, request.path)
         return problem(500, "internal", "Internal error", "see certd's log")
@@ -78,7 +81,7 @@ async def read_json(request: web.Request) -> dict:
         raise Problem(415, "unsupported-media-type", "Send application/json")
     try:
         data = await request.json()
-    except ValueError:
+    except (ValueError, LookupError):  # LookupError: an unknown charset in Content-Type
         raise Problem(400, "malformed-json", "The body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Problem(400, "malformed-json", "The body must be a JSON object")

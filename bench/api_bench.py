@@ -1,0 +1,282 @@
+"""A store with N API aliases (custom domains): start `certd run` on it, wait for its first
+sweep (every alias is due and fails fast at an unreachable CA), then load the REST API with C
+concurrent clients: GET /api/v1/domains?limit=100 and GET /api/v1/domains/<random alias> for
+D seconds each (p50/p99 latency, requests/s), then a burst of P new-domain POSTs (202/s).
+
+    .venv/bin/python bench/api_bench.py [-n 10000] [-c 50] [-d 10] [--posts 500]
+
+Uses wrk (Debian package `wrk`) for the GETs if it is installed, else an aiohttp load
+generator. Not a test: no assertion. Target: read p99 under 50 ms at 50 concurrent clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from certd.model import Alias, utcnow  # noqa: E402
+from certd.store.sqlite import SqliteStore  # noqa: E402
+
+TOKEN = "bench-" + "0123456789abcdef" * 2
+SUFFIXES = ["example.com", "example.org", "example.net", "shop.example.co.uk"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alias_domain(i: int) -> str:
+    return f"d{i:05d}.{SUFFIXES[i % len(SUFFIXES)]}"
+
+
+def config_data(root: Path, api_port: int) -> dict:
+    return {
+        "state_dir": str(root / "state"),
+        "log_level": "info",
+        # nothing listens here: every order (sweep or POST) fails at once and backs off
+        "acme": {"directory": f"https://127.0.0.1:{free_port()}/dir", "timeout": "2s"},
+        "challenge": {"listen": f"127.0.0.1:{free_port()}"},
+        "api": {"listen": f"127.0.0.1:{api_port}", "tokens_file": str(root / "api-tokens")},
+        # the first sweep still runs at start; later ones would not come during the bench
+        # and a long backoff, so the failed aliases' retry wake-up does not come either
+        "renewal": {"sweep_interval": "24h", "max_concurrent": 50, "backoff": ["6h"]},
+        "domains": {"default_frontends": ["web"], "per_token_per_hour": 1_000_000,
+                    "preflight": False},
+        "frontends": {"web": {
+            "nodes": [{"name": "fe1", "address": "127.0.0.2"},
+                      {"name": "fe2", "address": "127.0.0.3"}],
+            "deployer": {"type": "file", "path": str(root / "nodes/{node}/{certificate}")}}},
+    }
+
+
+async def populate(db: Path, n: int) -> None:
+    store = SqliteStore(db)
+    await store.open()
+    now = utcnow()
+    try:
+        await store.db.execute("BEGIN")
+        for i in range(n):
+            await store.add_alias(Alias(alias_domain(i), ("web",), "bench",
+                                        now - timedelta(minutes=n - i)))
+        await store.db.execute("COMMIT")
+    finally:
+        await store.close()
+
+
+def wait_for(log_path: Path, text: str, timeout: float, daemon: subprocess.Popen) -> float:
+    t0 = time.monotonic()
+    while text not in log_path.read_text():
+        if daemon.poll() is not None:
+            raise SystemExit(f"certd exited ({daemon.returncode}) before {text!r}:\n"
+                             + log_path.read_text()[-3000:])
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"no {text!r} in the log after {timeout:.0f} s")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+# --- wrk ---------------------------------------------------------------------------------
+
+WRK_LUA = """
+local paths = {}
+for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+wrk.headers["Authorization"] = "Bearer %(token)s"
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+done = function(summary, latency, requests)
+  local out = io.open("%(out)s", "w")
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+                 + summary.errors.status + summary.errors.timeout
+  out:write(string.format(
+    '{"requests": %%d, "seconds": %%f, "p50_us": %%f, "p99_us": %%f, "max_us": %%f, '
+    .. '"errors": %%d, "non2xx": %%d}',
+    summary.requests, summary.duration / 1e6, latency:percentile(50),
+    latency:percentile(99), latency.max, errors, summary.errors.status))
+  out:close()
+end
+"""
+
+
+def wrk_run(root: Path, base: str, paths: list[str], clients: int, seconds: int) -> dict:
+    tag = f"{len(paths)}"
+    paths_file, script, out = (root / f"paths{tag}.txt", root / f"load{tag}.lua",
+                               root / f"wrk{tag}.json")
+    paths_file.write_text("\n".join(paths) + "\n")
+    script.write_text(WRK_LUA % {"paths": paths_file, "token": TOKEN, "out": out})
+    threads = min(4, clients)
+    subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds}s",
+                    "--timeout", "10s", "-s", str(script), base],
+                   check=True, stdout=subprocess.DEVNULL)
+    r = json.loads(out.read_text())
+    return {"requests": r["requests"], "rps": r["requests"] / r["seconds"],
+            "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
+            "max_ms": r["max_us"] / 1000, "errors": r["errors"]}
+
+
+# --- aiohttp (fallback for the GETs, and the POST burst) -----------------------------------
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, int(round(p / 100 * len(values))) - 1))]
+
+
+async def aiohttp_gets(base: str, paths: list[str], clients: int, seconds: float,
+                       max_requests: int = 200_000) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    rng = random.Random(1)
+    deadline = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(base, headers=headers,
+                                     connector=aiohttp.TCPConnector(limit=clients)) as http:
+        async def client() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline and len(latencies) < max_requests:
+                t0 = time.perf_counter()
+                async with http.get(rng.choice(paths)) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"requests": len(latencies), "rps": len(latencies) / wall,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000, "max_ms": max(latencies) * 1000,
+            "errors": errors}
+
+
+async def post_burst(base: str, n: int, clients: int, first: int) -> dict:
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    todo = iter(range(first, first + n))
+    async with aiohttp.ClientSession(base, headers=headers,
+                                     connector=aiohttp.TCPConnector(limit=clients)) as http:
+        async def client() -> None:
+            for i in todo:
+                t0 = time.perf_counter()
+                async with http.post("/api/v1/domains",
+                                     json={"domain": f"new{i}.example.com"}) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"statuses": statuses, "accepted_per_s": statuses.get(202, 0) / wall, "wall": wall,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000}
+
+
+def show(what: str, r: dict) -> None:
+    print(f"{what}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+          f"max {r['max_ms']:.1f} ms ({r['requests']} requests, {r['errors']} errors)")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=10000, help="aliases in the store")
+    parser.add_argument("-c", "--clients", type=int, default=50)
+    parser.add_argument("-d", "--seconds", type=int, default=10, help="per GET endpoint")
+    parser.add_argument("--posts", type=int, default=500)
+    parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp generator")
+    args = parser.parse_args()
+    use_wrk = shutil.which("wrk") is not None and not args.no_wrk
+    with tempfile.TemporaryDirectory(prefix="certd-api-") as tmp:
+        root = Path(tmp)
+        api_port = free_port()
+        data = config_data(root, api_port)
+        (root / "state").mkdir(mode=0o700)
+        (root / "api-tokens").write_text(f"bench {TOKEN}\n")
+        (root / "api-tokens").chmod(0o600)
+        t0 = time.perf_counter()
+        asyncio.run(populate(root / "state" / "certd.db", args.n))
+        print(f"store: {args.n} aliases added in {time.perf_counter() - t0:.1f} s")
+        config_path = root / "config.yaml"
+        config_path.write_text(yaml.safe_dump(data))
+        log_path = root / "certd.log"
+        with open(log_path, "w") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "certd", "-c", str(config_path), "run"],
+                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            up = wait_for(log_path, "api listening", 120, daemon)
+            print(f"api listening after {up:.1f} s")
+            swept = wait_for(log_path, "sweep done", 900, daemon)
+            line = next(l for l in log_path.read_text().splitlines() if "sweep done" in l)
+            print(f"first sweep done {up + swept:.1f} s after start: {line.split('sweep done')[1]}")
+            print(f"daemon RSS after the first sweep: {rss_mb(daemon.pid):.0f} MB")
+            time.sleep(1)
+            base = f"http://127.0.0.1:{api_port}"
+            rng = random.Random(7)
+            one = [f"/api/v1/domains/{alias_domain(rng.randrange(args.n))}"
+                   for _ in range(2000)]
+            # listing pages: the first and cursors spread over the store
+            domains = sorted(alias_domain(i) for i in range(args.n))
+            pages = ["/api/v1/domains?limit=100"] + [
+                f"/api/v1/domains?limit=100&cursor={domains[i]}"
+                for i in range(99, args.n - 100, 100)]
+            gen = "wrk" if use_wrk else "aiohttp"
+            print(f"load: {args.clients} concurrent clients, {args.seconds} s per endpoint ({gen})")
+            for what, paths in (("GET /api/v1/domains?limit=100", pages),
+                                ("GET /api/v1/domains/<domain>", one)):
+                if use_wrk:
+                    show(what, wrk_run(root, base, paths, args.clients, args.seconds))
+                else:
+                    show(what, asyncio.run(aiohttp_gets(base, paths, args.clients,
+                                                        args.seconds)))
+            r = asyncio.run(post_burst(base, args.posts, args.clients, args.n))
+            print(f"POST /api/v1/domains x{args.posts}: {r['accepted_per_s']:.0f} accepted/s "
+                  f"({r['statuses']} in {r['wall']:.2f} s), p50 {r['p50_ms']:.1f} ms, "
+                  f"p99 {r['p99_ms']:.1f} ms")
+            sweeps = log_path.read_text().count("sweep done")
+            if sweeps > 1:
+                print(f"note: {sweeps - 1} more sweep(s) ran during the measurement")
+            errors = [l for l in log_path.read_text().splitlines() if "Traceback" in l
+                      or " failed" in l and "api:" in l]
+            if errors:
+                print(f"log: {len(errors)} API error lines, first: {errors[0]}")
+        finally:
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    daemon.wait(60)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""The REST API described as an OpenAPI 3.0.3 document, served at GET /api/v1/openapi.json
+(behind the bearer token, like the rest of /api). tests/test_openapi.py checks it lists exactly
+the routes build_app registers and fuzzes the live API against it with schemathesis, so a
+change to a handler that is not reflected here fails the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from certd import __version__
+from certd.api.domains import MAX_LIMIT, STATUSES
+from certd.api.http import PROBLEM
+from certd.model import CertStatus, DeployStatus
+
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict) -> dict:
+    return {**schema, "nullable": True}
+
+
+def _object(properties: dict, required: list[str] | None = None) -> dict:
+    return {"type": "object", "required": list(properties) if required is None else required,
+            "properties": properties}
+
+
+TIME = {"type": "string", "format": "date-time"}
+STR = {"type": "string"}
+STRINGS = {"type": "array", "items": STR}
+
+
+def _schemas() -> dict:
+    return {
+        "Problem": {
+            "type": "object",
+            "description": "An RFC 7807 problem document; `type` is a stable "
+                           f"'{PROBLEM}<slug>'. Extra members may appear.",
+            "required": ["type", "title", "status"],
+            "properties": {
+                "type": {"type": "string", "pattern": f"^{PROBLEM}[a-z0-9-]+$"},
+                "title": STR,
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "detail": STR,
+            },
+        },
+        "Health": _object({"status": {"type": "string", "enum": ["ok"]}, "version": STR}),
+        "Deployment": _object({
+            "frontend": STR, "node": STR, "serial": STR,
+            "status": {"type": "string", "enum": [s.value for s in DeployStatus]},
+            "current": {"type": "boolean"}, "message": STR, "updated_at": TIME,
+        }),
+        "Certificate": _object({
+            "name": STR,
+            "domains": STRINGS,
+            "frontends": STRINGS,
+            "status": {"type": "string", "enum": [s.value for s in CertStatus]},
+            "serial": _nullable(STR),
+            "not_before": _nullable(TIME),
+            "not_after": _nullable(TIME),
+            "fingerprint_sha256": _nullable(STR),
+            "days_left": _nullable({"type": "number"}),
+            "renewal_at": _nullable(TIME),
+            "renewal_reason": _nullable(STR),
+            "deployed_nodes": {**STRINGS, "description": "'frontend/node' holding the current "
+                                                         "certificate"},
+            "deployments": {"type": "array", "items": _ref("Deployment")},
+            "last_error": _nullable(STR),
+            "attempts": {"type": "integer", "minimum": 0},
+            "next_attempt_at": _nullable(TIME),
+        }),
+        "CertificateList": _object({"items": {"type": "array", "items": _ref("Certificate")}}),
+        "Accepted": _object({"accepted": {"type": "boolean", "enum": [True]},
+                             "certificate": STR}),
+        "DomainCertificate": _nullable(_object({
+            "serial": STR, "not_before": TIME, "not_after": TIME, "fingerprint_sha256": STR,
+        })),
+        "DomainDeployment": _object({
+            "frontend": STR, "node": STR,
+            "status": {"type": "string", "enum": [s.value for s in DeployStatus]},
+            "serial": STR, "updated_at": TIME,
+        }),
+        "Domain": _object({
+            "domain": STR,
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "frontends": STRINGS,
+            "certificate": _ref("DomainCertificate"),
+            "deployments": {"type": "array", "items": _ref("DomainDeployment")},
+            "renewal_at": _nullable(TIME),
+            "last_error": _nullable(STR),
+            "next_attempt_at": _nullable(TIME),
+            "created_at": TIME,
+        }),
+        "DomainList": _object({
+            "items": {"type": "array", "items": _ref("Domain")},
+            "next_cursor": _nullable({**STR, "description": "pass as ?cursor= for the next "
+                                                            "page; null on the last page"}),
+        }),
+        "DomainRemoval": _object({"domain": STR,
+                                  "status": {"type": "string", "enum": ["removing"]}}),
+        "NewDomain": {
+            "type": "object",
+            "required": ["domain"],
+            "additionalProperties": False,
+            "properties": {
+                "domain": {**STR, "description": "a host name; normalised (case, trailing "
+                                                 "dot, IDN to A-label)"},
+                "frontends": {**STRINGS, "minItems": 1,
+                              "description": "configured frontend groups; defaults to "
+                                            "domains.default_frontends"},
+            },
+        },
+    }
+
+
+def _problem(description: str, headers: dict | None = None) -> dict:
+    out: dict[str, Any] = {"description": description,
+                           "content": {PROBLEM_JSON: {"schema": _ref("Problem")}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _ok(description: str, schema: str, headers: dict | None = None) -> dict:
+    out: dict[str, Any] = {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+LOCATION = {"Location": {"description": "the resource's URL path", "schema": STR}}
+UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
+
+
+def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None,
+        body: dict | None = None, public: bool = False) -> dict:
+    op: dict[str, Any] = {"operationId": op_id, "summary": summary}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    if public:
+        op["security"] = []
+    else:
+        responses = {**responses, "401": UNAUTHORIZED}
+    op["responses"] = dict(sorted(responses.items()))
+    return op
+
+
+def _path(name: str, description: str, example: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "minLength": 1}, "example": example}
+
+
+def _flag(name: str, default: str, description: str) -> dict:
+    # any string is accepted (see the description), so the schema is a string, not a boolean
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string", "default": default}}
+
+
+def document() -> dict:
+    cert = _path("name", "the certificate's configured name", "portal")
+    domain = _path("domain", "the custom domain (normalised before lookup)",
+                   "shop.example.com")
+    unknown_cert = _problem("unknown-certificate")
+    unknown_domain = _problem("unknown-domain")
+    accepted = _ok("accepted; runs in the background", "Accepted", LOCATION)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "certd", "version": __version__,
+                 "description": "certd's REST API. Errors are RFC 7807 problem documents "
+                                f"whose `type` is '{PROBLEM}<slug>'."},
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/healthz": {"get": _op("healthz", "Liveness; no token needed",
+                                    {"200": _ok("up", "Health")}, public=True)},
+            "/api/v1/openapi.json": {"get": _op(
+                "openapi", "This document",
+                {"200": {"description": "the OpenAPI document",
+                         "content": {JSON: {"schema": {"type": "object"}}}}})},
+            "/api/v1/certificates": {"get": _op(
+                "listCertificates", "Every configured certificate",
+                {"200": _ok("all certificates", "CertificateList")})},
+            "/api/v1/certificates/{name}": {"get": _op(
+                "getCertificate", "One certificate",
+                {"200": _ok("the certificate", "Certificate"), "404": unknown_cert},
+                params=[cert])},
+            "/api/v1/certificates/{name}/renew": {"post": _op(
+                "renewCertificate", "Renew, then deploy",
+                {"202": accepted, "404": unknown_cert},
+                params=[cert, _flag("force", "true", "renew even if not due; any value but "
+                                                     "0/false/no (any case) counts as true")])},
+            "/api/v1/certificates/{name}/deploy": {"post": _op(
+                "deployCertificate", "Deploy the current certificate",
+                {"202": accepted, "404": unknown_cert}, params=[cert])},
+            "/api/v1/domains": {
+                "post": _op(
+                    "addDomain", "Add a custom domain (one certificate per domain)",
+                    {"202": _ok("created; issuance runs in the background", "Domain", LOCATION),
+                     "200": _ok("already present (idempotent)", "Domain", LOCATION),
+                     "400": _problem("malformed-json or unknown-field"),
+                     "409": _problem("conflict with a configured certificate"),
+                     "413": _problem("body-too-large"),
+                     "415": _problem("unsupported-media-type: send application/json"),
+                     "422": _problem("invalid-domain, domain-denied, domain-not-allowed or "
+                                     "invalid-frontends"),
+                     "429": _problem("quota: too many new domains for this token",
+                                     {"Retry-After": {"description": "seconds",
+                                                      "schema": {"type": "integer",
+                                                                 "minimum": 1}}})},
+                    body={"required": True,
+                          "content": {JSON: {"schema": _ref("NewDomain"), "example": {
+                              "domain": "shop.example.com", "frontends": ["web"]}}}}),
+                "get": _op(
+                    "listDomains", "Custom domains, ordered by name, paginated",
+                    {"200": _ok("one page", "DomainList"),
+                     "400": _problem("bad-parameter")},
+                    params=[
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                                    "default": 100}},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "description": "next_cursor from the previous page",
+                         "schema": STR},
+                        {"name": "status", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": list(STATUSES)}},
+                    ]),
+            },
+            "/api/v1/domains/{domain}": {
+                "get": _op("getDomain", "One custom domain",
+                           {"200": _ok("the domain", "Domain"), "404": unknown_domain},
+                           params=[domain]),
+                "delete": _op(
+                    "removeDomain", "Remove a custom domain (undeploy, then forget)",
+                    {"202": _ok("removal runs in the background", "DomainRemoval"),
+                     "404": unknown_domain,
+                     "501": _problem("revoke-not-implemented")},
+                    params=[domain, _flag("revoke", "false", "1/true/yes (any case): revoke "
+                                                             "the certificate too; not "
+                                                             "implemented, answers 501")]),
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "a token from api.tokens_file"}},
+            "responses": {"Unauthorized": _problem(
+                "unauthorized: missing or unknown bearer token",
+                {"WWW-Authenticate": {"schema": STR}})},
+            "schemas": _schemas(),
+        },
+    }
+
+
+async def serve(request: web.Request) -> web.Response:
+    return web.json_response(document())
