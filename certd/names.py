@@ -55,8 +55,9 @@ def normalise(raw: str) -> str:
         raise NameRejected("a bare top-level domain cannot get a certificate")
     for label in labels:
         _check_label(label)
-    if labels[-1].isdigit():  # '127.1', '10.0.1': resolvers and browsers read these as IPv4
-        raise NameRejected("the top-level label is all digits, like an IP address")
+    # '127.1', '10.0.1', 'a.0x10': URL parsers read a numeric last label as IPv4
+    if labels[-1].isdigit() or re.fullmatch(r"0x[0-9a-f]*", labels[-1]):
+        raise NameRejected("the top-level label is numeric (digits or 0x hex), like an IP address")
     if _psl().is_public(name):
         raise NameRejected("a public suffix (like co.uk) cannot get a certificate")
     return name

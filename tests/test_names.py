@@ -167,3 +167,9 @@ def test_not_a_string(value):
 def test_rejection_is_a_value_error():
     # pydantic turns ValueErrors from validators into errors with a key path
     assert issubclass(NameRejected, ValueError)
+
+
+@pytest.mark.parametrize("name", ["foo.0x10", "a.b.0x", "x.0XFF"])
+def test_hex_last_label_reads_as_ipv4(name):
+    with pytest.raises(NameRejected, match="numeric"):
+        normalise(name)
