@@ -80,11 +80,10 @@ def _fail(status: int, body: dict) -> int:
 
 
 def cmd_domains(cfg: Config, args: argparse.Namespace) -> int:
-    return asyncio.run(_domains(cfg, args))
+    return asyncio.run(_domains(Api(cfg), args))  # the token file is read before the loop
 
 
-async def _domains(cfg: Config, args: argparse.Namespace) -> int:
-    api = Api(cfg)
+async def _domains(api: Api, args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession() as session:
         action = args.domains_command
         if action == "add":

@@ -133,7 +133,7 @@ class Rollout:
             [back] = await deployer.roll_back([t])
             return DeployResult(
                 t, False,
-                f"{result.message.split(':')[0]}: verify: {t.address}:{frontend.tls_port} "
+                f"{deployer.kind}[{t.node}]: verify: {t.address}:{frontend.tls_port} "
                 f"serves {what} for {name}, not {cert.serial} after {timeout:g}s; "
                 + (back.message if back.ok else f"rollback failed: {back.message}"),
                 rolled_back=back.ok, output=result.output + back.output, kind="verify")

@@ -103,6 +103,8 @@ class Deployer(Protocol):
     - `close` releases connections; the deployer may be used again afterwards.
     """
 
+    kind: str  # 'file', 'ssh', 'salt': names the deployer in messages ("ssh[fe1]: ...")
+
     async def deploy(self, targets: list[Target], cert: IssuedCertificate
                      ) -> list[DeployResult]: ...
 
