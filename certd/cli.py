@@ -19,7 +19,7 @@ from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError
 from certd.model import utcnow
-from certd.views import certificate_view
+from certd.views import certificate_views
 
 log = logging.getLogger("certd")
 
@@ -136,7 +136,7 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
 async def _status_rows(cfg: Config) -> list[dict]:
     async with open_certd(cfg) as certd:
         now = utcnow()
-        return [await certificate_view(certd, spec.name, now) for spec in certd.specs()]
+        return await certificate_views(certd, [s.name for s in certd.specs()], now)
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:

@@ -287,6 +287,96 @@ class DomainsConfig(_Model):
     validation_port: int = Field(default=80, gt=0, lt=65536)  # where the CA connects
 
 
+class EndpointConfig(_Model):
+    """Something certd does not deploy to but should watch: host:port and the names it serves."""
+
+    address: str = Field(min_length=1)
+    port: int = Field(default=443, gt=0, lt=65536)
+    names: list[Annotated[str, AfterValidator(_domain)]] = Field(min_length=1)
+
+
+class MonitorConfig(_Model):
+    enabled: bool = True
+    interval: Duration = timedelta(hours=6)
+    jitter: Duration = timedelta(minutes=10)
+    warn_before: Duration = timedelta(days=28)
+    critical_before: Duration = timedelta(days=7)
+    ca_bundle: Path | None = None  # default: the system trust store
+    concurrency: int = Field(default=50, ge=1, le=1000)  # probes in flight
+    timeout: Duration = timedelta(seconds=10)  # one probe: connect + handshake
+    stale_grace: Duration = timedelta(minutes=15)  # after a deploy, before `stale` counts
+    protocols: bool = True  # also try SSLv3/TLS 1.0/1.1 handshakes (legacy protocol accepted)
+    hsts: bool = False  # also GET / over HTTPS and check Strict-Transport-Security
+    hsts_min_age: Duration = timedelta(days=180)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _order(self) -> MonitorConfig:
+        if self.critical_before > self.warn_before:
+            raise ValueError("critical_before: must not be longer than warn_before")
+        return self
+
+
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
+class _NotifierBase(_Model):
+    min_severity: Literal["info", "warning", "error", "critical"] = "warning"
+    timeout: Duration = timedelta(seconds=10)
+
+
+class WebhookNotifierConfig(_NotifierBase):
+    type: Literal["webhook"]
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    ca_bundle: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+
+class EmailNotifierConfig(_NotifierBase):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["email"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, gt=0, lt=65536)
+    starttls: bool = True  # STARTTLS on a plain connection (port 587)
+    tls: bool = False  # implicit TLS from the start (port 465)
+    ca_bundle: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    sender: str = Field(alias="from", min_length=3)
+    to: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _auth(self) -> EmailNotifierConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        if self.tls and self.starttls:
+            raise ValueError("tls (implicit) and starttls exclude each other; set one")
+        return self
+
+
+class LogNotifierConfig(_NotifierBase):
+    type: Literal["log"]
+
+
+NotifierConfig = Annotated[
+    WebhookNotifierConfig | EmailNotifierConfig | LogNotifierConfig, Field(discriminator="type")
+]
+
+
+class AlertsConfig(_Model):
+    repeat: Duration = timedelta(hours=24)  # remind while a finding lasts
+    retries: int = Field(default=3, ge=0, le=20)  # per notification, with backoff
+    notifiers: list[NotifierConfig] = Field(default_factory=lambda: [LogNotifierConfig(type="log")])
+
+
 class Config(_Model):
     state_dir: Path = Path("/var/lib/certd")
     storage: str | None = None
@@ -296,6 +386,8 @@ class Config(_Model):
     api: ApiConfig = ApiConfig()
     renewal: RenewalConfig = RenewalConfig()
     domains: DomainsConfig = DomainsConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    alerts: AlertsConfig = AlertsConfig()
     frontends: dict[Slug, FrontendConfig] = Field(default_factory=dict)
     certificates: list[CertificateConfig] = Field(default_factory=list)
 
@@ -355,6 +447,7 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
 
 
 DEPLOYER_TYPES = ("file", "ssh", "salt")
+NOTIFIER_TYPES = ("webhook", "email", "log")
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -363,7 +456,9 @@ def _problems(exc: ValidationError) -> list[str]:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # a tagged union adds its tag to the path (deployer.ssh.key_file): drop it
         loc = tuple(p for i, p in enumerate(loc)
-                    if not (i and loc[i - 1] == "deployer" and p in DEPLOYER_TYPES))
+                    if not (i and ((loc[i - 1] == "deployer" and p in DEPLOYER_TYPES)
+                                   or (loc[i - 2:i - 1] == ("notifiers",)
+                                       and p in NOTIFIER_TYPES))))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             loc = loc + ("type",)

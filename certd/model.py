@@ -80,6 +80,7 @@ class CertSummary:
     not_before: datetime
     not_after: datetime
     issued_at: datetime
+    fingerprint_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,16 @@ class AriState:
 
 
 @dataclass(frozen=True)
+class CertDetails:
+    """Everything status views show of one certificate, read in one batch for many."""
+
+    summary: CertSummary | None
+    state: CertificateState | None
+    ari: AriState | None
+    deployments: tuple[Deployment, ...] = ()
+
+
+@dataclass(frozen=True)
 class Alias:
     """A customer's custom domain, added through the API: one certificate named after it."""
 
@@ -175,3 +186,70 @@ class Alias:
     created_by: str  # the API token's name
     created_at: datetime = field(default_factory=utcnow)
     removing: bool = False
+
+
+SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITICAL: 3}
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """One TLS endpoint to look at: connect to address:port, send `domain` as SNI."""
+
+    domain: str
+    address: str
+    port: int
+    node: str  # 'frontend/node' for nodes certd deploys to, 'address:port' for extra endpoints
+    certificate: str | None = None  # certd's certificate name for this domain, if it has one
+    frontend: str | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something wrong (or worth knowing) about what one node serves for one name.
+
+    `check` is a stable id ('expiry', 'stale', 'chain', 'hostname', 'unreachable',
+    'posture.sha2', 'protocol.tls1.0', ...); (check, domain, node) identifies the finding
+    across sweeps, so alerting can tell new from ongoing from resolved."""
+
+    check: str
+    severity: Severity
+    domain: str
+    node: str
+    message: str
+    certificate: str | None = None
+    serial: str | None = None
+    not_after: datetime | None = None
+    days_remaining: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.check}|{self.domain}|{self.node}"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What a notifier sends. `event` is 'finding' (new or changed severity), 'reminder',
+    'resolved', or an event-log kind such as 'issue.failed' / 'deploy.failed'."""
+
+    event: str
+    severity: Severity
+    message: str
+    certificate: str | None = None
+    domain: str | None = None
+    node: str | None = None
+    check: str | None = None
+    days_remaining: float | None = None
+    not_after: datetime | None = None
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """The alerting state of one finding, kept in the store between sweeps."""
+
+    finding: Finding
+    first_seen: datetime
+    last_seen: datetime
+    notified_at: datetime | None = None  # last notice sent (finding or reminder)
+    notified_severity: Severity | None = None
+    resolved_at: datetime | None = None

@@ -116,9 +116,12 @@ class Certd:
             self._specs[stored.domain] = self._alias_spec(stored)
         return stored, created
 
-    async def remove_alias(self, domain: str) -> list[DeployResult]:
+    async def remove_alias(self, domain: str, *, revoke: bool = False) -> list[DeployResult]:
         """Stop renewing `domain`, delete its files from every node (reloading them), forget
-        it. Nodes that fail keep it marked removing; calling again retries them."""
+        it. Nodes that fail keep it marked removing; calling again retries them. With
+        `revoke`, the current certificate is then revoked at the CA (after the removal, so no
+        node is left serving a revoked certificate on purpose); raises AcmeError if the CA
+        refuses."""
         alias = await self.store.get_alias(domain)
         if alias is None:
             raise CertdError(f"alias {domain!r} does not exist")
@@ -126,9 +129,27 @@ class Certd:
         await self.store.mark_alias_removing(domain)
         self._specs.pop(domain, None)
         results = await self._rollout.remove(spec, self.targets(spec))
+        if revoke:
+            await self._revoke(domain)
         if all(r.ok for r in results):
             await self.store.delete_alias(domain)
         return results
+
+    async def _revoke(self, name: str) -> None:
+        cert = await self.store.current_certificate(name)
+        if cert is None or cert.not_after <= self.clock():
+            return
+        try:
+            revoked = await self.issuer.revoke(cert)
+        except AcmeError as exc:
+            await self.store.add_event(Event("revoke.failed", f"revoke {name}: {exc}",
+                                             Severity.ERROR, certificate=name,
+                                             data={"serial": cert.serial}))
+            raise
+        await self.store.add_event(Event(
+            "revoke.ok", f"revoked {name} serial {cert.serial}" if revoked
+            else f"{name} serial {cert.serial} was already revoked",
+            certificate=name, data={"serial": cert.serial}))
 
     def spec(self, name: str) -> CertificateSpec:
         try:

@@ -1,10 +1,14 @@
 """How a certificate is shown to people and scripts: one JSON-ready dict, shared by
-`certd status --json` and the REST API, so both say the same thing."""
+`certd status --json` and the REST API, so both say the same thing. Views of many
+certificates are built from one batch read (Store.details), not from queries per name."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
+from certd import renewal
+from certd.model import CertDetails, CertificateSpec
 from certd.service import Certd
 
 
@@ -12,12 +16,12 @@ def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when else None
 
 
-async def certificate_view(certd: Certd, name: str, now: datetime) -> dict:
-    spec = certd.spec(name)
-    cert = await certd.store.current_certificate(name)
-    state = await certd.store.get_state(name)
-    deps = await certd.store.deployments(name)
-    plan = await certd.plan(cert) if cert else None
+def build_view(certd: Certd, spec: CertificateSpec, details: CertDetails, now: datetime) -> dict:
+    cert, state = details.summary, details.state
+    ari = details.ari if certd.config.acme.ari else None
+    plan = (renewal.plan(cert, before_expiry=certd.config.renewal.before_expiry, ari=ari)
+            if cert else None)
+    deps = details.deployments
     return {
         "name": spec.name,
         "domains": list(spec.domains),
@@ -44,3 +48,13 @@ async def certificate_view(certd: Certd, name: str, now: datetime) -> dict:
         "attempts": state.attempts if state else 0,
         "next_attempt_at": _iso(state.next_attempt_at) if state else None,
     }
+
+
+async def certificate_views(certd: Certd, names: Sequence[str], now: datetime) -> list[dict]:
+    specs = [certd.spec(name) for name in names]
+    details = await certd.store.details([s.name for s in specs])
+    return [build_view(certd, s, details[s.name], now) for s in specs]
+
+
+async def certificate_view(certd: Certd, name: str, now: datetime) -> dict:
+    return (await certificate_views(certd, [name], now))[0]

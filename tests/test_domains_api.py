@@ -166,12 +166,48 @@ async def test_pagination_and_status_filter(client):
     assert len(await store.list_aliases()) == 7
 
 
-async def test_unknown_domain_and_revoke_not_yet(client):
+async def test_unknown_domain_and_bad_revoke_flag(client):
     resp = await client.get("/api/v1/domains/missing.example.com", headers=H)
     assert resp.status == 404
     resp = await client.delete("/api/v1/domains/..%2f..%2fetc", headers=H)
     assert resp.status == 404
     await post(client, {"domain": "keep.example.com"})
-    resp = await client.delete("/api/v1/domains/keep.example.com?revoke=true", headers=H)
-    assert resp.status == 501
-    assert (await client.certd.store.get_alias("keep.example.com")) is not None
+    for flag in ("maybe", "2", "tru", ""):
+        resp = await client.delete(f"/api/v1/domains/keep.example.com?revoke={flag}", headers=H)
+        assert resp.status == 400, flag
+        assert (await resp.json())["type"] == "urn:certd:problem:bad-parameter"
+    alias = await client.certd.store.get_alias("keep.example.com")
+    assert alias is not None and not alias.removing
+
+
+async def test_adding_a_domain_being_removed_is_a_conflict(client):
+    await post(client, {"domain": "leaving.example.com"})
+    await client.certd.store.mark_alias_removing("leaving.example.com")
+    resp = await client.post("/api/v1/domains", json={"domain": "leaving.example.com"},
+                             headers=H)
+    assert resp.status == 409
+    assert resp.headers["Retry-After"] == "10"
+    body = await resp.json()
+    assert body["type"] == "urn:certd:problem:domain-removing"
+    assert (await client.certd.store.get_alias("leaving.example.com")).removing
+
+
+async def test_revoke_refused_keeps_the_alias_for_a_retry(client):
+    from datetime import timedelta
+
+    from certd.errors import AcmeError
+    from certd.model import IssuedCertificate, utcnow
+
+    await post(client, {"domain": "gone.example.com"})
+    certd, now = client.certd, utcnow()
+    await certd.store.add_certificate(IssuedCertificate(
+        name="gone.example.com", serial="0b", domains=("gone.example.com",),
+        not_before=now, not_after=now + timedelta(days=90), cert_pem="x", chain_pem="x",
+        key_pem="x", fingerprint_sha256="ab" * 32, issued_at=now, order_url="https://ca/o/1"))
+    with pytest.raises(AcmeError):  # nothing listens where the CA should be
+        await certd.remove_alias("gone.example.com", revoke=True)
+    alias = await certd.store.get_alias("gone.example.com")
+    assert alias is not None and alias.removing  # DELETE ?revoke=true again retries
+    failed = await certd.store.events(kind="revoke.failed")
+    assert [e.certificate for e in failed] == ["gone.example.com"]
+    assert "gone.example.com" not in {s.name for s in certd.specs()}

@@ -51,11 +51,16 @@ async def test_alias_added_deployed_then_removed(lab, tmp_path):
             for node in lab.nodes:
                 assert served_serial(lab, node.name, domain) == serial
 
-            resp = await client.delete(f"/api/v1/domains/{domain}", headers=H)
+            assert lab.pebble.certificate_status(serial)["Status"] == "Valid"
+
+            resp = await client.delete(f"/api/v1/domains/{domain}?revoke=true", headers=H)
             assert resp.status == 202
+            assert await resp.json() == {"domain": domain, "status": "removing", "revoke": True}
             await _until(client, f"/api/v1/domains/{domain}", lambda s, b: s == 404)
             events = await certd.store.events(certificate=domain)
-    assert {"api.domain.add", "api.domain.remove", "remove.ok"} <= {e.kind for e in events}
+    assert {"api.domain.add", "api.domain.remove", "remove.ok", "revoke.ok"} <= {
+        e.kind for e in events}
+    assert lab.pebble.certificate_status(serial)["Status"] == "Revoked"
     for node in lab.nodes:
         assert not lab.cert_dir(node.name, domain).exists()
         assert not (lab.cert_dir(node.name, domain).parent / f".{domain}.d").exists()

@@ -30,7 +30,7 @@ from certd.api.tokens import Tokens
 from certd.errors import CertdError
 from certd.model import Event, utcnow
 from certd.service import Certd
-from certd.views import certificate_view
+from certd.views import certificate_view, certificate_views
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def list_certificates(request: web.Request) -> web.Response:
     certd, now = certd_of(request), utcnow()
-    items = [await certificate_view(certd, s.name, now) for s in certd.specs()]
+    items = await certificate_views(certd, [s.name for s in certd.specs()], now)
     return web.json_response({"items": items})
 
 

@@ -12,7 +12,7 @@ from certd import names
 from certd.api.http import TOKEN_NAME, Problem, background, certd_of, read_json
 from certd.errors import CertdError
 from certd.model import Alias, Event, utcnow
-from certd.views import certificate_view
+from certd.views import certificate_views
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +22,13 @@ MAX_LIMIT = 500
 STATUSES = ("pending", "issuing", "issued", "deployed", "failed", "removing")
 
 
-async def domain_view(request: web.Request, alias: Alias) -> dict:
-    certd = certd_of(request)
-    if alias.removing:
-        return {"domain": alias.domain, "status": "removing", "frontends": list(alias.frontends),
-                "certificate": None, "deployments": [], "renewal_at": None,
-                "last_error": None, "next_attempt_at": None,
-                "created_at": alias.created_at.isoformat()}
-    view = await certificate_view(certd, alias.domain, utcnow())
+def _removing_view(alias: Alias) -> dict:
+    return {"domain": alias.domain, "status": "removing", "frontends": list(alias.frontends),
+            "certificate": None, "deployments": [], "renewal_at": None, "last_error": None,
+            "next_attempt_at": None, "created_at": alias.created_at.isoformat()}
+
+
+def _alias_view(alias: Alias, view: dict) -> dict:
     cert = None
     if view["serial"]:
         cert = {k: view[k] for k in ("serial", "not_before", "not_after", "fingerprint_sha256")}
@@ -41,6 +40,18 @@ async def domain_view(request: web.Request, alias: Alias) -> dict:
         "renewal_at": view["renewal_at"], "last_error": view["last_error"],
         "next_attempt_at": view["next_attempt_at"], "created_at": alias.created_at.isoformat(),
     }
+
+
+async def domain_views(request: web.Request, aliases: list[Alias]) -> list[dict]:
+    """The domain objects of `aliases`, from one batch read."""
+    live = [a for a in aliases if not a.removing]
+    views = await certificate_views(certd_of(request), [a.domain for a in live], utcnow())
+    by_domain = {a.domain: _alias_view(a, v) for a, v in zip(live, views)}
+    return [by_domain.get(a.domain) or _removing_view(a) for a in aliases]
+
+
+async def domain_view(request: web.Request, alias: Alias) -> dict:
+    return (await domain_views(request, [alias]))[0]
 
 
 def _domain(raw) -> str:
@@ -74,7 +85,8 @@ async def create(request: web.Request) -> web.Response:
                       "(or set domains.default_frontends)")
     who = request[TOKEN_NAME]
     existing = await certd.store.get_alias(domain)
-    if existing is not None and not existing.removing:
+    if existing is not None:
+        _refuse_removing(existing)
         return web.json_response(await domain_view(request, existing), status=200,
                                  headers={"Location": f"/api/v1/domains/{domain}"})
     now = utcnow()
@@ -82,18 +94,16 @@ async def create(request: web.Request) -> web.Response:
     if len(used) >= policy.per_token_per_hour:
         retry = int((used[len(used) - policy.per_token_per_hour] + QUOTA_WINDOW - now)
                     .total_seconds()) + 1
-        response = web.json_response(
-            {"type": "urn:certd:problem:quota", "title": "Too many new domains",
-             "status": 429, "detail": f"{policy.per_token_per_hour} per hour for this token"},
-            status=429, content_type="application/problem+json")
-        response.headers["Retry-After"] = str(max(1, retry))
-        return response
+        raise Problem(429, "quota", "Too many new domains",
+                      f"{policy.per_token_per_hour} per hour for this token",
+                      headers={"Retry-After": str(max(1, retry))})
     try:
         alias, created = await certd.add_alias(Alias(domain, tuple(dict.fromkeys(frontends)),
                                                      who, now))
     except CertdError as exc:
         raise Problem(409, "conflict", "Domain conflicts", str(exc)) from None
     if not created:  # a concurrent request won the race
+        _refuse_removing(alias)
         return web.json_response(await domain_view(request, alias), status=200,
                                  headers={"Location": f"/api/v1/domains/{domain}"})
     await certd.store.ledger_add(QUOTA, [who], now)
@@ -111,6 +121,13 @@ async def create(request: web.Request) -> web.Response:
     background(request, work())
     return web.json_response(await domain_view(request, alias), status=202,
                              headers={"Location": f"/api/v1/domains/{domain}"})
+
+
+def _refuse_removing(alias: Alias) -> None:
+    if alias.removing:
+        raise Problem(409, "domain-removing", "Domain is being removed",
+                      f"{alias.domain} is being removed from the nodes; add it again once "
+                      "GET answers 404", headers={"Retry-After": "10"})
 
 
 async def _get_alias(request: web.Request) -> Alias:
@@ -148,8 +165,7 @@ async def listing(request: web.Request) -> web.Response:
         if not page:
             after = None
             break
-        for alias in page:
-            view = await domain_view(request, alias)
+        for alias, view in zip(page, await domain_views(request, page)):
             after = alias.domain
             if status is None or view["status"] == status:
                 items.append(view)
@@ -163,23 +179,33 @@ async def listing(request: web.Request) -> web.Response:
 
 async def remove(request: web.Request) -> web.Response:
     alias = await _get_alias(request)
-    if request.query.get("revoke", "false").lower() in ("1", "true", "yes"):
-        raise Problem(501, "revoke-not-implemented", "Revocation is not implemented yet",
-                      "remove without ?revoke=true; the certificate expires on its own")
+    revoke = _flag(request, "revoke")
     certd = certd_of(request)
     who = request[TOKEN_NAME]
-    await certd.store.add_event(Event("api.domain.remove", f"api[{who}]: remove {alias.domain}",
-                                      certificate=alias.domain, data={"token": who}))
+    await certd.store.add_event(Event(
+        "api.domain.remove", f"api[{who}]: remove {alias.domain}"
+        + (" and revoke its certificate" if revoke else ""),
+        certificate=alias.domain, data={"token": who, "revoke": revoke}))
 
     async def work() -> None:
         try:
-            await certd.remove_alias(alias.domain)
+            await certd.remove_alias(alias.domain, revoke=revoke)
         except CertdError as exc:
             log.warning("api: remove %s: %s", alias.domain, exc)
 
     await certd.store.mark_alias_removing(alias.domain)
     background(request, work())
-    return web.json_response({"domain": alias.domain, "status": "removing"}, status=202)
+    return web.json_response({"domain": alias.domain, "status": "removing", "revoke": revoke},
+                             status=202)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise Problem(400, "bad-parameter", f"{name} must be true or false")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -35,8 +35,10 @@ def problem(status: int, slug: str, title: str, detail: str = "", **extra: Any
 class Problem(Exception):
     """Raised by handlers; the middleware turns it into a problem document."""
 
-    def __init__(self, status: int, slug: str, title: str, detail: str = "", **extra: Any):
+    def __init__(self, status: int, slug: str, title: str, detail: str = "", *,
+                 headers: dict[str, str] | None = None, **extra: Any):
         self.response = problem(status, slug, title, detail, **extra)
+        self.response.headers.update(headers or {})
 
 
 @web.middleware

@@ -103,7 +103,8 @@ def _schemas() -> dict:
                                                             "page; null on the last page"}),
         }),
         "DomainRemoval": _object({"domain": STR,
-                                  "status": {"type": "string", "enum": ["removing"]}}),
+                                  "status": {"type": "string", "enum": ["removing"]},
+                                  "revoke": {"type": "boolean"}}),
         "NewDomain": {
             "type": "object",
             "required": ["domain"],
@@ -158,6 +159,9 @@ def _path(name: str, description: str, example: str) -> dict:
             "schema": {"type": "string", "minLength": 1}, "example": example}
 
 
+BOOL_PATTERN = "^(1|0|[tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[yY][eE][sS]|[nN][oO])$"
+
+
 def _flag(name: str, default: str, description: str) -> dict:
     # any string is accepted (see the description), so the schema is a string, not a boolean
     return {"name": name, "in": "query", "required": False, "description": description,
@@ -205,7 +209,8 @@ def document() -> dict:
                     {"202": _ok("created; issuance runs in the background", "Domain", LOCATION),
                      "200": _ok("already present (idempotent)", "Domain", LOCATION),
                      "400": _problem("malformed-json or unknown-field"),
-                     "409": _problem("conflict with a configured certificate"),
+                     "409": _problem("conflict with a configured certificate, or "
+                                     "domain-removing (Retry-After)"),
                      "413": _problem("body-too-large"),
                      "415": _problem("unsupported-media-type: send application/json"),
                      "422": _problem("invalid-domain, domain-denied, domain-not-allowed or "
@@ -239,11 +244,14 @@ def document() -> dict:
                 "delete": _op(
                     "removeDomain", "Remove a custom domain (undeploy, then forget)",
                     {"202": _ok("removal runs in the background", "DomainRemoval"),
-                     "404": unknown_domain,
-                     "501": _problem("revoke-not-implemented")},
-                    params=[domain, _flag("revoke", "false", "1/true/yes (any case): revoke "
-                                                             "the certificate too; not "
-                                                             "implemented, answers 501")]),
+                     "400": _problem("bad-parameter"),
+                     "404": unknown_domain},
+                    params=[domain, {**_flag("revoke", "false", "true/yes/1 or false/no/0 (any "
+                                                                "case): also revoke the "
+                                                                "certificate at the CA, "
+                                                                "reason cessationOfOperation"),
+                                     "schema": {"type": "string", "default": "false",
+                                                "pattern": BOOL_PATTERN}}]),
             },
         },
         "components": {

@@ -250,6 +250,13 @@ class AcmeClient:
         resp = await self.post(url, {"csr": jose.encode_b64jose(csr_der)})
         return _decode(messages.Order, resp, "order")
 
+    async def revoke(self, cert_der: bytes, reason: int) -> None:
+        """revokeCert (RFC 8555 §7.6), signed with the account key; `reason` is an RFC 5280
+        CRLReason code."""
+        directory = await self.directory()
+        await self.post(directory["revokeCert"],
+                        {"certificate": jose.encode_b64jose(cert_der), "reason": reason})
+
     async def offers_ari(self) -> bool:
         try:
             (await self.directory())["renewalInfo"]

@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, TypeVar
 import josepy as jose
 from acme import messages
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from certd import failpoints, keys
 from certd.errors import AcmeError
@@ -35,6 +36,7 @@ T = TypeVar("T")
 FIRST_POLL = 0.05  # seconds; a CA that validates at once answers on the first or second poll
 MAX_POLL = 2.0
 ACCOUNT_KEY_TYPE = "ec-p256"
+CESSATION_OF_OPERATION = 5  # RFC 5280 CRLReason: the name is no longer served by us
 
 
 class Issuer:
@@ -96,6 +98,21 @@ class Issuer:
                     self.client.account_uri)
         await self._reregister()
         return await self._issue(spec, replaces, None, key_pem)
+
+    async def revoke(self, cert: IssuedCertificate, reason: int = CESSATION_OF_OPERATION
+                     ) -> bool:
+        """Revoke `cert` at the CA. False if it was already revoked; raises AcmeError."""
+        await self.ensure_account()
+        der = x509.load_pem_x509_certificate(cert.cert_pem.encode()).public_bytes(
+            serialization.Encoding.DER)
+        try:
+            await self.client.revoke(der, reason)
+        except AcmeError as exc:
+            if exc.code == "alreadyRevoked":
+                return False
+            raise
+        log.info("acme: revoked certificate[%s] serial %s", cert.name, cert.serial)
+        return True
 
     async def _reregister(self) -> None:
         async with self._account_lock:

@@ -13,13 +13,16 @@ Contract, for every implementation (SQLite now, PostgreSQL later):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
 from certd.model import (
     Account,
+    Alert,
     Alias,
     AriState,
+    CertDetails,
     CertificateState,
     CertSummary,
     Challenge,
@@ -117,6 +120,10 @@ class Store(Protocol):
     async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
                                                 AriState | None]]: ...
 
+    # one bulk read for status views: name -> certificate summary, state, ARI, deployments,
+    # for each of `names` (a name with none of them gets an empty CertDetails)
+    async def details(self, names: Sequence[str]) -> dict[str, CertDetails]: ...
+
     # per-node deployments (one row per certificate x frontend x node, the latest)
     async def put_deployment(self, deployment: Deployment) -> None: ...
 
@@ -146,3 +153,24 @@ class Store(Protocol):
         ...
 
     async def release_lease(self, name: str, owner: str) -> None: ...
+
+    # alerts: the alerting state of findings, one row per Finding.key (certd/monitor/alerts.py)
+    async def active_alerts(self) -> list[Alert]:
+        """Every alert not resolved, ordered by key."""
+        ...
+
+    async def put_alert(self, alert: Alert) -> None:
+        """Insert or replace by `alert.finding.key`."""
+        ...
+
+    async def put_alerts(self, alerts: list[Alert]) -> None:
+        """put_alert for many, in one transaction (a sweep's worth)."""
+        ...
+
+    async def resolve_alerts(self, keys: list[str], at: datetime) -> None:
+        """Set resolved_at on the active alerts among `keys` (one transaction)."""
+        ...
+
+    async def purge_resolved(self, before: datetime) -> int:
+        """Drop alerts resolved before `before`; returns how many."""
+        ...

@@ -97,4 +97,23 @@ MIGRATIONS: list[list[str]] = [
             created_at TEXT NOT NULL,
             removing INTEGER NOT NULL DEFAULT 0)""",
     ],
+    [  # 4: alerting state, one row per finding key (check|domain|node)
+        """CREATE TABLE alerts (
+            key TEXT PRIMARY KEY,
+            check_id TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            node TEXT NOT NULL,
+            message TEXT NOT NULL,
+            certificate TEXT,
+            serial TEXT,
+            not_after TEXT,
+            days_remaining REAL,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            notified_at TEXT,
+            notified_severity TEXT,
+            resolved_at TEXT)""",
+        "CREATE INDEX alerts_by_resolved ON alerts (resolved_at)",
+    ],
 ]

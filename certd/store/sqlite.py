@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,8 +16,10 @@ import aiosqlite
 from certd.errors import StoreError
 from certd.model import (
     Account,
+    Alert,
     Alias,
     AriState,
+    CertDetails,
     CertificateState,
     CertStatus,
     CertSummary,
@@ -24,6 +27,7 @@ from certd.model import (
     Deployment,
     DeployStatus,
     Event,
+    Finding,
     IssuedCertificate,
     Order,
     Severity,
@@ -113,9 +117,8 @@ class SqliteStore:
             raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
 
     async def _all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
-        try:
-            async with self.db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+        try:  # one trip to aiosqlite's thread (execute + fetch + close would be three)
+            return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
 
@@ -339,20 +342,35 @@ class SqliteStore:
     # the sweep's bulk read
     async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
                                                 AriState | None]]:
-        certs = await self._all(
-            "SELECT c.name, c.serial, c.domains, c.not_before, c.not_after, c.issued_at "
-            "FROM certificates c JOIN (SELECT name, MAX(id) AS id FROM certificates "
-            "GROUP BY name) latest ON c.id = latest.id"
-        )
         out: dict[str, list] = {}
-        for r in certs:
-            out.setdefault(r[0], [None, None, None])[0] = CertSummary(
-                r[0], r[1], tuple(json.loads(r[2])), _dt(r[3]), _dt(r[4]), _dt(r[5]))
+        for r in await self._all(_LATEST_CERTS.format(where="")):
+            out.setdefault(r[0], [None, None, None])[0] = _summary(r)
         for r in await self._all("SELECT * FROM cert_state"):
             out.setdefault(r["name"], [None, None, None])[1] = _state(r)
         for r in await self._all("SELECT * FROM ari"):
             out.setdefault(r["name"], [None, None, None])[2] = _ari(r)
         return {name: tuple(v) for name, v in out.items()}
+
+    async def details(self, names: Sequence[str]) -> dict[str, CertDetails]:
+        names = list(dict.fromkeys(names))
+        out: dict[str, CertDetails] = {}
+        for i in range(0, len(names), 500):  # SQLite's bound-parameter limit
+            chunk = names[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            certs = {r[0]: _summary(r) for r in await self._all(
+                _LATEST_CERTS.format(where=f"WHERE name IN ({marks})"), chunk)}
+            states = {r["name"]: _state(r) for r in await self._all(
+                f"SELECT * FROM cert_state WHERE name IN ({marks})", chunk)}
+            aris = {r["name"]: _ari(r) for r in await self._all(
+                f"SELECT * FROM ari WHERE name IN ({marks})", chunk)}
+            deps: dict[str, list[Deployment]] = {}
+            for r in await self._all(f"SELECT * FROM deployments WHERE certificate IN ({marks}) "
+                                     "ORDER BY certificate, frontend, node", chunk):
+                deps.setdefault(r["certificate"], []).append(_deployment(r))
+            for name in chunk:
+                out[name] = CertDetails(certs.get(name), states.get(name), aris.get(name),
+                                        tuple(deps.get(name, ())))
+        return out
 
     # deployments
     async def put_deployment(self, deployment: Deployment) -> None:
@@ -370,13 +388,7 @@ class SqliteStore:
             "SELECT * FROM deployments WHERE certificate = ? ORDER BY frontend, node",
             (certificate,),
         )
-        return [
-            Deployment(
-                r["certificate"], r["frontend"], r["node"], r["serial"],
-                DeployStatus(r["status"]), r["message"], _dt(r["updated_at"]),
-            )
-            for r in rows
-        ]
+        return [_deployment(r) for r in rows]
 
     # events
     async def add_event(self, event: Event) -> None:
@@ -432,6 +444,46 @@ class SqliteStore:
     async def release_lease(self, name: str, owner: str) -> None:
         await self._exec("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
+    # alerts (issue 6): one row per finding key. A sweep's writes are one statement each
+    # over a JSON array (json_each): atomic, one round trip, and nothing else running on the
+    # shared connection can interleave with them.
+    async def active_alerts(self) -> list[Alert]:
+        rows = await self._all("SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY key")
+        return [_alert(r) for r in rows]
+
+    async def put_alert(self, alert: Alert) -> None:
+        await self.put_alerts([alert])
+
+    async def put_alerts(self, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        rows = [
+            [a.finding.key, a.finding.check, a.finding.severity.value, a.finding.domain,
+             a.finding.node, a.finding.message, a.finding.certificate, a.finding.serial,
+             _ts(a.finding.not_after), a.finding.days_remaining, _ts(a.first_seen),
+             _ts(a.last_seen), _ts(a.notified_at),
+             a.notified_severity.value if a.notified_severity else None, _ts(a.resolved_at)]
+            for a in alerts
+        ]
+        columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(15))
+        await self._exec(
+            "INSERT OR REPLACE INTO alerts (key, check_id, severity, domain, node, message, "
+            "certificate, serial, not_after, days_remaining, first_seen, last_seen, "
+            f"notified_at, notified_severity, resolved_at) SELECT {columns} FROM json_each(?)",
+            (json.dumps(rows),),
+        )
+
+    async def resolve_alerts(self, keys: list[str], at: datetime) -> None:
+        if keys:
+            await self._exec(
+                "UPDATE alerts SET resolved_at = ? WHERE resolved_at IS NULL "
+                "AND key IN (SELECT value FROM json_each(?))",
+                (_ts(at), json.dumps(list(keys))),
+            )
+
+    async def purge_resolved(self, before: datetime) -> int:
+        return await self._exec("DELETE FROM alerts WHERE resolved_at < ?", (_ts(before),))
+
 
 def _state(row: sqlite3.Row) -> CertificateState:
     return CertificateState(
@@ -442,6 +494,23 @@ def _state(row: sqlite3.Row) -> CertificateState:
         next_attempt_at=_dt(row["next_attempt_at"]),
         updated_at=_dt(row["updated_at"]),
     )
+
+
+_LATEST_CERTS = (
+    "SELECT c.name, c.serial, c.domains, c.not_before, c.not_after, c.issued_at, "
+    "c.fingerprint_sha256 FROM certificates c JOIN (SELECT name, MAX(id) AS id FROM "
+    "certificates {where} GROUP BY name) latest ON c.id = latest.id"
+)
+
+
+def _summary(r: sqlite3.Row) -> CertSummary:
+    return CertSummary(r[0], r[1], tuple(json.loads(r[2])), _dt(r[3]), _dt(r[4]), _dt(r[5]),
+                       r[6])
+
+
+def _deployment(r: sqlite3.Row) -> Deployment:
+    return Deployment(r["certificate"], r["frontend"], r["node"], r["serial"],
+                      DeployStatus(r["status"]), r["message"], _dt(r["updated_at"]))
 
 
 def _alias(row: sqlite3.Row) -> Alias:
@@ -473,3 +542,14 @@ def _cert(row: sqlite3.Row) -> IssuedCertificate:
         order_url=row["order_url"],
         id=row["id"],
     )
+
+
+def _alert(r: sqlite3.Row) -> Alert:
+    finding = Finding(
+        check=r["check_id"], severity=Severity(r["severity"]), domain=r["domain"],
+        node=r["node"], message=r["message"], certificate=r["certificate"], serial=r["serial"],
+        not_after=_dt(r["not_after"]), days_remaining=r["days_remaining"],
+    )
+    notified = r["notified_severity"]
+    return Alert(finding, _dt(r["first_seen"]), _dt(r["last_seen"]), _dt(r["notified_at"]),
+                 None if notified is None else Severity(notified), _dt(r["resolved_at"]))

@@ -176,6 +176,10 @@ class Pebble:
         """PEM of the intermediate(s) of chain ``index``."""
         return self._management_get(f"/intermediates/{index}")
 
+    def certificate_status(self, serial_hex: str) -> dict[str, object]:
+        """pebble's record of an issued certificate (``Status``: Valid or Revoked)."""
+        return json.loads(self._management_get(f"/cert-status-by-serial/{serial_hex}"))
+
     def directory(self) -> dict[str, object]:
         """The ACME directory document."""
         try:
