@@ -11,13 +11,17 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from certd import responder
+from certd import notifiers, responder
 from certd.api import app as api
 from certd.api.tokens import load_or_create
 from certd.config import Config, split_listen
 from certd.errors import CertdError
 from certd.issuance.client import AcmeClient
 from certd.issuance.issuer import Issuer
+from certd.monitor import checks
+from certd.monitor.alerts import AlertBook
+from certd.monitor.events import EventForwarder
+from certd.monitor.runner import Monitor
 from certd.scheduler import Scheduler
 from certd.service import Certd, build_deployers
 from certd.store.sqlite import SqliteStore
@@ -55,6 +59,26 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
         await store.close()
 
 
+@contextlib.asynccontextmanager
+async def open_monitor(config: Config, certd: Certd) -> AsyncIterator[Monitor]:
+    """The monitor with its alerting (notifiers, dedupe) and trust store; queued notices get
+    a few seconds to go out on exit."""
+    trust = await asyncio.to_thread(checks.load_trust_store, config.monitor.ca_bundle)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+    alerts = AlertBook(certd.store, [notifiers.build(n, session) for n in config.alerts.notifiers],
+                       repeat=config.alerts.repeat, retries=config.alerts.retries,
+                       clock=certd.clock)
+    try:
+        yield Monitor(certd, alerts, config.monitor, trust)
+    finally:
+        await alerts.drain(DRAIN_SECONDS)
+        await alerts.close()
+        await session.close()
+
+
+DRAIN_SECONDS = 10
+
+
 async def start_site(app: web.Application, listen: str, what: str) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -75,9 +99,12 @@ class ListenError(CertdError):
         super().__init__(message)
 
 
-async def api_app(config: Config, certd: Certd) -> web.Application:
+async def api_app(config: Config, certd: Certd, monitor: Monitor | None = None,
+                  challenge_stats: responder.ChallengeStats | None = None,
+                  sweeper: Sweeper | None = None) -> web.Application:
     tokens = await asyncio.to_thread(load_or_create, config.tokens_path)
-    return api.build_app(certd, tokens)
+    return api.build_app(certd, tokens, monitor=monitor, challenge_stats=challenge_stats,
+                         sweeper=sweeper)
 
 
 @contextlib.asynccontextmanager
@@ -104,9 +131,15 @@ async def challenge_listener(config: Config, certd: Certd, *, shared: bool = Fal
 async def run_daemon(config: Config, stop: asyncio.Event) -> None:
     """Listeners first (challenges must be answerable before any order), then the scheduler
     until `stop` is set. A failing CA or node is logged and retried; it never ends the daemon."""
-    async with open_certd(config) as certd, challenge_listener(config, certd):
-        api_runner = await start_site(await api_app(config, certd), config.api.listen, "api")
-        scheduler = Scheduler(Sweeper(certd), config.renewal)
+    async with (open_certd(config) as certd, challenge_listener(config, certd) as challenges,
+                open_monitor(config, certd) as monitor):
+        stats = challenges.app[responder.STATS] if challenges else None
+        sweeper = Sweeper(certd)
+        api_runner = await start_site(await api_app(config, certd, monitor, stats, sweeper),
+                                      config.api.listen, "api")
+        scheduler = Scheduler(sweeper, config.renewal,
+                              monitor=monitor if config.monitor.enabled else None,
+                              events=EventForwarder(certd.store, monitor.alerts))
         scheduler.start()
         try:
             await stop.wait()

@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from certd import __version__, cli_domains
+from certd import __version__, cli_check, cli_domains
 from certd import config as configuration
 from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("names", nargs="+", metavar="NAME")
     c.set_defaults(func=cmd_deploy)
     cli_domains.add_parser(sub)
+    cli_check.add_parser(sub)
     return p
 
 

@@ -147,6 +147,7 @@ class ChallengeConfig(_Model):
 class ApiConfig(_Model):
     listen: Listen = "127.0.0.1:8403"
     tokens_file: Path | None = None  # default: <state_dir>/api-tokens, created if missing
+    metrics_auth: bool = True  # /metrics wants a bearer token too (it names every domain)
 
 
 class NodeConfig(_Model):

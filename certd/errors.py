@@ -61,3 +61,12 @@ class DeployError(CertdError):
         self.transient = transient
         self.kind = kind  # host_key | auth | unreachable | ... ('' when unspecified)
         super().__init__(message)
+
+
+class NotifyError(CertdError):
+    """A notifier could not deliver a notification. `transient` errors are worth retrying."""
+
+    def __init__(self, message: str, *, notifier: str, transient: bool = False):
+        self.notifier = notifier  # 'webhook[hooks.example.org]', 'email[smtp.example.org]'
+        self.transient = transient
+        super().__init__(message)

@@ -1,6 +1,8 @@
 """APScheduler 3.x jobs inside `certd run`: the renewal sweep (every `renewal.sweep_interval`,
-and again at the earliest moment a sweep found something would become due), and the deploy
-sync (every `renewal.deploy_sync_interval`). Jobs coalesce, never overlap, and are jittered.
+and again at the earliest moment a sweep found something would become due), the deploy
+sync (every `renewal.deploy_sync_interval`), the monitor sweep (every `monitor.interval`,
+the first one shortly after start) and the event forwarder (failures from the event log to
+the notifiers, every EVENTS_INTERVAL). Jobs coalesce, never overlap, and are jittered.
 """
 
 from __future__ import annotations
@@ -14,18 +16,25 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from certd.config import RenewalConfig
+from certd.monitor.events import EventForwarder
+from certd.monitor.runner import Monitor
 from certd.sweep import Sweeper
 
 log = logging.getLogger(__name__)
 
 WAKE_SLACK = timedelta(seconds=1)  # wake a little after the due moment, not a little before
 MIN_GAP = timedelta(seconds=10)  # never sweep again sooner than this after a sweep ends
+FIRST_MONITOR = timedelta(seconds=5)  # after start: let the first renewal sweep go first
+EVENTS_INTERVAL = timedelta(seconds=30)
 
 
 class Scheduler:
-    def __init__(self, sweeper: Sweeper, renewal: RenewalConfig):
+    def __init__(self, sweeper: Sweeper, renewal: RenewalConfig, *,
+                 monitor: Monitor | None = None, events: EventForwarder | None = None):
         self.sweeper = sweeper
         self.renewal = renewal
+        self.monitor = monitor
+        self.events = events
         self._scheduler: AsyncIOScheduler | None = None
         self._running: set[asyncio.Task] = set()
 
@@ -42,6 +51,17 @@ class Scheduler:
             IntervalTrigger(seconds=self.renewal.deploy_sync_interval.total_seconds(),
                             jitter=jitter),
             id="deploy-sync", **common)
+        now = datetime.now(timezone.utc)
+        if self.monitor is not None:
+            config = self.monitor.config
+            self._scheduler.add_job(
+                self._monitor, IntervalTrigger(seconds=config.interval.total_seconds(),
+                                               jitter=int(config.jitter.total_seconds()) or None),
+                id="monitor", next_run_time=now + FIRST_MONITOR, **common)
+        if self.events is not None:
+            self._scheduler.add_job(
+                self._events, IntervalTrigger(seconds=EVENTS_INTERVAL.total_seconds()),
+                id="events", next_run_time=now, **common)
         self._scheduler.start()
 
     async def stop(self) -> None:
@@ -78,3 +98,19 @@ class Scheduler:
 
     async def _deploy_sync(self) -> None:
         await self._tracked(self.sweeper.deploy_sync())
+
+    async def _monitor(self) -> None:
+        await self._tracked(self._guarded("monitor", self.monitor.sweep()))
+
+    async def _events(self) -> None:
+        await self._tracked(self._guarded("alerts: event forwarder", self.events.forward()))
+
+    @staticmethod
+    async def _guarded(what: str, coro) -> None:
+        """A failing job is logged and runs again next time; it never stops the scheduler."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the daemon outlives any one job
+            log.exception("%s: failed", what)

@@ -30,6 +30,7 @@ class SweepResult:
     failed: int
     wake_at: datetime | None  # the earliest moment the next sweep has work
     seconds: float
+    finished_at: datetime | None = None
 
 
 class Sweeper:
@@ -72,7 +73,7 @@ class Sweeper:
             if budget_frees is not None:  # the rest waits, in due order, for the budget
                 wake = min(wake, budget_frees) if wake else budget_frees
             result = SweepResult(len(outcomes), len(renewed), sum(not ok for _, ok in outcomes),
-                                 wake, time.perf_counter() - started)
+                                 wake, time.perf_counter() - started, self.certd.clock())
             self.last = result
             log.info("sweep done: %d certificates, %d due, %d renewed, %d failed; next %s",
                      len(self.certd.specs()), result.due, result.renewed, result.failed,

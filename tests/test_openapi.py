@@ -103,7 +103,7 @@ def test_document_matches_the_router_and_the_auth_rules():
               if r.method != "HEAD"}  # aiohttp adds HEAD to every GET; not part of the API
     documented = {(m, p) for p, item in doc["paths"].items() for m in item if m in METHODS}
     assert routed == documented
-    assert all(p == "/healthz" or p.startswith("/api/") for _, p in routed)
+    assert all(p in ("/healthz", "/metrics") or p.startswith("/api/") for _, p in routed)
     for path, item in doc["paths"].items():
         names = set(re.findall(r"{(\w+)}", path))
         for method, op in item.items():
@@ -117,7 +117,7 @@ def test_document_matches_the_router_and_the_auth_rules():
                 resp = _resolve(doc, resp)
                 kinds = set(resp.get("content", {}))
                 expected = {"application/problem+json"} if int(code) >= 400 \
-                    else {"application/json"}
+                    else {"text/plain"} if path == "/metrics" else {"application/json"}
                 assert kinds == expected, (method, path, code)
     new = doc["components"]["schemas"]["NewDomain"]
     assert new["additionalProperties"] is False and new["required"] == ["domain"]

@@ -13,7 +13,8 @@ import logging
 from aiohttp import web
 
 from certd import __version__
-from certd.api import domains, openapi
+from certd import metrics
+from certd.api import alerts, domains, openapi
 from certd.api.http import (
     CERTD,
     MAX_BODY,
@@ -106,7 +107,10 @@ async def _cancel_tasks(app: web.Application) -> None:
     await asyncio.gather(*app[TASKS], return_exceptions=True)
 
 
-def build_app(certd: Certd, tokens: Tokens) -> web.Application:
+def build_app(certd: Certd, tokens: Tokens, *, monitor=None, challenge_stats=None,
+              sweeper=None) -> web.Application:
+    """The API app. `monitor`, `challenge_stats` and `sweeper` (the daemon's) feed /metrics
+    and /api/v1/alerts; without them those show what the store alone knows."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors, authenticate])
     app[CERTD] = certd
     app[TOKENS] = tokens
@@ -120,4 +124,5 @@ def build_app(certd: Certd, tokens: Tokens) -> web.Application:
     r.add_post("/api/v1/certificates/{name}/deploy", deploy_certificate)
     domains.add_routes(r)
     r.add_get("/api/v1/openapi.json", openapi.serve)
+    alerts.add_routes(app, metrics.Sources(certd, monitor, challenge_stats, sweeper))
     return app

@@ -61,7 +61,8 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
 
 @web.middleware
 async def authenticate(request: web.Request, handler) -> web.StreamResponse:
-    if not request.path.startswith("/api/"):
+    if not (request.path.startswith("/api/") or (
+            request.path == "/metrics" and request.app[CERTD].config.api.metrics_auth)):
         return await handler(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     name = request.app[TOKENS].check(token.strip()) if scheme.lower() == "bearer" else None

@@ -102,6 +102,17 @@ def _schemas() -> dict:
             "next_cursor": _nullable({**STR, "description": "pass as ?cursor= for the next "
                                                             "page; null on the last page"}),
         }),
+        "Alert": _object({
+            "check": {**STR, "description": "stable id: expiry, stale, chain, hostname, "
+                                            "unreachable, posture.*, protocol.*, hsts ..."},
+            "severity": {"type": "string", "enum": ["info", "warning", "error", "critical"]},
+            "domain": {**STR, "description": "the name probed; '*' for a whole node"},
+            "node": {**STR, "description": "frontend/node, or address:port of an endpoint"},
+            "certificate": _nullable(STR), "message": STR, "serial": _nullable(STR),
+            "not_after": _nullable(TIME), "days_remaining": _nullable({"type": "number"}),
+            "first_seen": TIME, "last_seen": TIME, "notified_at": _nullable(TIME),
+        }),
+        "AlertList": _object({"items": {"type": "array", "items": _ref("Alert")}}),
         "DomainRemoval": _object({"domain": STR,
                                   "status": {"type": "string", "enum": ["removing"]},
                                   "revoke": {"type": "boolean"}}),
@@ -184,6 +195,17 @@ def document() -> dict:
         "paths": {
             "/healthz": {"get": _op("healthz", "Liveness; no token needed",
                                     {"200": _ok("up", "Health")}, public=True)},
+            "/metrics": {"get": _op(
+                "metrics", "Prometheus text format (bearer token unless api.metrics_auth is "
+                "false)",
+                {"200": {"description": "metrics",
+                         "content": {"text/plain": {"schema": STR}}}})},
+            "/api/v1/alerts": {"get": _op(
+                "listAlerts", "Active findings of the monitor, most severe first",
+                {"200": _ok("active alerts", "AlertList"), "400": _problem("bad-parameter")},
+                params=[{"name": "min_severity", "in": "query", "required": False,
+                         "schema": {"type": "string", "default": "info",
+                                    "enum": ["info", "warning", "error", "critical"]}}])},
             "/api/v1/openapi.json": {"get": _op(
                 "openapi", "This document",
                 {"200": {"description": "the OpenAPI document",

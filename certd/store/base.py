@@ -138,6 +138,18 @@ class Store(Protocol):
         """Newest first."""
         ...
 
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        """Events with an id above `after_id`, oldest first (the alert forwarder's feed)."""
+        ...
+
+    async def event_counts(self) -> dict[str, int]:
+        """How many events of each kind the log holds (the /metrics counters)."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The newest event's id (0 when there is none)."""
+        ...
+
     # leases: at most one holder per name until it releases or the lease expires
     async def acquire_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
         """Take or extend the lease on `name` for `owner`; False if someone else holds it."""

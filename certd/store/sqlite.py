@@ -407,14 +407,20 @@ class SqliteStore:
             "AND (:k IS NULL OR kind = :k) ORDER BY id DESC LIMIT :n",
             {"c": certificate, "k": kind, "n": limit},
         )
-        return [
-            Event(
-                kind=r["kind"], message=r["message"], severity=Severity(r["severity"]),
-                certificate=r["certificate"], node=r["node"], data=json.loads(r["data"]),
-                at=_dt(r["at"]), id=r["id"],
-            )
-            for r in rows
-        ]
+        return [_event(r) for r in rows]
+
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        rows = await self._all("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                               (after_id, limit))
+        return [_event(r) for r in rows]
+
+    async def event_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self._all(
+            "SELECT kind, COUNT(*) FROM events GROUP BY kind")}
+
+    async def last_event_id(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(id), 0) FROM events")
+        return row[0]
 
     # leases
     async def acquire_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
@@ -506,6 +512,12 @@ _LATEST_CERTS = (
 def _summary(r: sqlite3.Row) -> CertSummary:
     return CertSummary(r[0], r[1], tuple(json.loads(r[2])), _dt(r[3]), _dt(r[4]), _dt(r[5]),
                        r[6])
+
+
+def _event(r: sqlite3.Row) -> Event:
+    return Event(kind=r["kind"], message=r["message"], severity=Severity(r["severity"]),
+                 certificate=r["certificate"], node=r["node"], data=json.loads(r["data"]),
+                 at=_dt(r["at"]), id=r["id"])
 
 
 def _deployment(r: sqlite3.Row) -> Deployment:

@@ -1,0 +1,116 @@
+"""GET /metrics: the Prometheus text format, built at scrape time from the store (certificates,
+event counts: they cover every process sharing the store), the monitor's last look at each
+node, and this process's challenge listener."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from certd.model import utcnow
+from certd.monitor.runner import Monitor
+from certd.responder import ChallengeStats
+from certd.service import Certd
+from certd.sweep import Sweeper
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RENEWAL_KINDS = {"issue.ok": "ok", "issue.failed": "failed", "issue.deferred": "deferred"}
+
+
+@dataclass
+class Sources:
+    certd: Certd
+    monitor: Monitor | None = None
+    challenges: ChallengeStats | None = None
+    sweeper: Sweeper | None = None
+
+
+class _Snapshot:
+    """A prometheus_client collector over values read beforehand (collectors are sync)."""
+
+    def __init__(self, metrics: list[Metric]):
+        self.metrics = metrics
+
+    def collect(self):
+        return self.metrics
+
+
+async def render(src: Sources) -> bytes:
+    now = utcnow()
+    overview = await src.certd.store.overview()
+    counts = await src.certd.store.event_counts()
+    out: list[Metric] = []
+
+    not_after = GaugeMetricFamily("certd_certificate_not_after_timestamp_seconds",
+                                  "Expiry of certd's current certificate", labels=["certificate"])
+    for name, (cert, _state, _ari) in sorted(overview.items()):
+        if cert is not None:
+            not_after.add_metric([name], cert.not_after.timestamp())
+    out.append(not_after)
+
+    renewals = CounterMetricFamily("certd_renewals", "Issuance attempts by result",
+                                   labels=["result"])
+    for kind, result in RENEWAL_KINDS.items():
+        renewals.add_metric([result], counts.get(kind, 0))
+    deploys = CounterMetricFamily("certd_deploys", "Per-node deployments by result",
+                                  labels=["result"])
+    for kind, n in sorted(counts.items()):
+        if kind.startswith("deploy.") and kind != "deploy.stopped":
+            deploys.add_metric([kind.removeprefix("deploy.")], n)
+    out += [renewals, deploys]
+
+    if src.challenges is not None:
+        challenges = CounterMetricFamily("certd_challenge_requests",
+                                         "HTTP-01 requests to this process by result",
+                                         labels=["result"])
+        for result, n in sorted(src.challenges.counts.items()):
+            challenges.add_metric([result], n)
+        out.append(challenges)
+
+    last = src.sweeper.last if src.sweeper is not None else None
+    if last is not None and last.finished_at is not None:
+        out.append(GaugeMetricFamily("certd_last_sweep_timestamp_seconds",
+                                     "End of the last renewal sweep",
+                                     value=last.finished_at.timestamp()))
+        out.append(GaugeMetricFamily("certd_last_sweep_duration_seconds",
+                                     "Duration of the last renewal sweep", value=last.seconds))
+
+    if src.monitor is not None:
+        out += _monitor(src.monitor, now)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(out))
+    return generate_latest(registry)
+
+
+def _monitor(monitor: Monitor, now) -> list[Metric]:
+    expiry = GaugeMetricFamily("certd_served_certificate_expiry_seconds",
+                               "Seconds until the certificate a node served at the last "
+                               "monitor sweep expires (negative: expired)",
+                               labels=["domain", "node"])
+    stale = GaugeMetricFamily("certd_served_certificate_stale",
+                              "1 if the node served another serial than certd's current one",
+                              labels=["domain", "node"])
+    for (domain, node), served in sorted(monitor.served.items()):
+        if served.not_after is not None:
+            expiry.add_metric([domain, node], (served.not_after - now).total_seconds())
+        stale.add_metric([domain, node], 1 if served.stale else 0)
+    out: list[Metric] = [expiry, stale]
+    report = monitor.last
+    if report is not None:
+        out.append(GaugeMetricFamily("certd_monitor_last_sweep_timestamp_seconds",
+                                     "Start of the last monitor sweep",
+                                     value=report.started_at.timestamp()))
+        out.append(GaugeMetricFamily("certd_monitor_last_sweep_duration_seconds",
+                                     "Duration of the last monitor sweep",
+                                     value=report.duration))
+        findings = GaugeMetricFamily("certd_monitor_findings",
+                                     "Findings of the last monitor sweep by severity",
+                                     labels=["severity"])
+        by_severity = Counter(f.severity.value for f in report.findings)
+        for severity in ("info", "warning", "error", "critical"):
+            findings.add_metric([severity], by_severity.get(severity, 0))
+        out.append(findings)
+    return out

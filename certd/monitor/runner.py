@@ -1,0 +1,196 @@
+"""The monitor sweep: for every certificate x every node of its frontends x every name (and
+the extra `monitor.endpoints`), look at what the node really serves, judge it against what
+certd believes it deployed, and hand the findings to alerting.
+
+Probes run `monitor.concurrency` at a time, each bounded by `monitor.timeout`. Legacy
+protocol handshakes are tried once per node address, not once per name. A node that answers
+no probe at all becomes one `unreachable` finding (domain '*'), not one per name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from cryptography import x509
+
+from certd.config import MonitorConfig
+from certd.model import SEVERITY_RANK, CertDetails, Finding, ProbeTarget, Severity
+from certd.monitor import checks, probe
+from certd.monitor.alerts import AlertBook
+from certd.service import Certd
+
+log = logging.getLogger(__name__)
+
+ALL_NAMES = "*"  # the domain of a node-wide finding
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one node served for one name at the last sweep (for /metrics)."""
+
+    not_after: datetime | None  # None: nothing readable was served
+    stale: bool
+
+
+@dataclass
+class MonitorReport:
+    started_at: datetime
+    duration: float = 0.0
+    probes: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    notices: int = 0
+
+    @property
+    def worst(self) -> Severity | None:
+        return max((f.severity for f in self.findings), key=SEVERITY_RANK.__getitem__,
+                   default=None)
+
+
+class Monitor:
+    """Safe to call `sweep` from several tasks: sweeps run one at a time."""
+
+    def __init__(self, certd: Certd, alerts: AlertBook, config: MonitorConfig,
+                 trust: checks.TrustStore, clock: Callable[[], datetime] | None = None):
+        self.certd = certd
+        self.clock = clock or certd.clock
+        self.alerts = alerts
+        self.config = config
+        self.trust = trust
+        self.thresholds = checks.Thresholds.from_config(config)
+        self.served: dict[tuple[str, str], Served] = {}  # (domain, node) -> last look
+        self.last: MonitorReport | None = None
+        self._lock = asyncio.Lock()
+
+    # what to probe ---------------------------------------------------------------------
+    def targets(self, details: dict[str, CertDetails], names: Sequence[str] | None
+                ) -> list[ProbeTarget]:
+        """Names certd has a certificate for, on every node of their frontends; then the
+        extra endpoints (full sweeps only)."""
+        out: list[ProbeTarget] = []
+        frontends = self.certd.config.frontends
+        for spec in self.certd.specs():
+            if (names is not None and spec.name not in names) or not details.get(
+                    spec.name, CertDetails(None, None, None)).summary:
+                continue
+            for group in spec.frontends:
+                fe = frontends[group]
+                for node in fe.nodes:
+                    out.extend(ProbeTarget(domain, node.address, fe.tls_port,
+                                           f"{group}/{node.name}", spec.name, group)
+                               for domain in spec.domains)
+        if names is None:
+            for ep in self.config.endpoints:
+                out.extend(ProbeTarget(n, ep.address, ep.port, f"{ep.address}:{ep.port}")
+                           for n in ep.names)
+        return out
+
+    @staticmethod
+    def expected(target: ProbeTarget, details: dict[str, CertDetails]
+                 ) -> checks.Expected | None:
+        d = details.get(target.certificate) if target.certificate else None
+        if d is None or d.summary is None:
+            return None
+        cert = d.summary
+        node = target.node.split("/", 1)[1]
+        deployed_at = next((dep.updated_at for dep in d.deployments
+                            if dep.frontend == target.frontend and dep.node == node
+                            and dep.serial == cert.serial), cert.issued_at)
+        return checks.Expected(cert.serial, deployed_at)
+
+    # the sweep ---------------------------------------------------------------------------
+    async def sweep(self, names: Sequence[str] | None = None) -> MonitorReport:
+        """Probe everything (or only the certificates `names`), update alerting, return the
+        findings. Never raises for a node's trouble: that is a finding."""
+        async with self._lock:
+            return await self._sweep(set(names) if names is not None else None)
+
+    async def _sweep(self, names: set[str] | None) -> MonitorReport:
+        certd = self.certd
+        await certd.load_aliases()
+        report = MonitorReport(started_at=self.clock())
+        t0 = time.monotonic()
+        specs = [s.name for s in certd.specs() if names is None or s.name in names]
+        details = await certd.store.details(specs)
+        targets = self.targets(details, sorted(names) if names is not None else None)
+        legacy = await self._legacy(targets) if self.config.protocols else {}
+        limit = asyncio.Semaphore(self.config.concurrency)
+        timeout = self.config.timeout.total_seconds()
+        by_node: dict[str, list[Finding]] = {}
+        answered: set[str] = set()
+        first_seen: set[tuple[str, int]] = set()
+
+        async def one(target: ProbeTarget) -> None:
+            async with limit:
+                result = await probe.probe(target, timeout=timeout, protocols=False,
+                                           hsts=self.config.hsts)
+            where = (target.address, target.port)
+            if where in legacy and where not in first_seen:
+                first_seen.add(where)  # node-wide protocol findings ride on one probe
+                result = replace(result, legacy_protocols=legacy[where])
+            found = checks.evaluate(result, expected=self.expected(target, details),
+                                    thresholds=self.thresholds, trust=self.trust,
+                                    now=self.clock())
+            if result.error is None:
+                answered.add(target.node)
+            by_node.setdefault(target.node, []).extend(found)
+            self._remember(target, result.chain, found)
+
+        await asyncio.gather(*(one(t) for t in targets))
+        report.probes = len(targets)
+        for node, found in by_node.items():
+            if node in answered or not found:
+                report.findings.extend(found)
+            else:
+                report.findings.append(_node_down(node, found))
+        scope = None if names is None else (lambda f: f.certificate in names)
+        report.notices = len(await self.alerts.update(report.findings, scope=scope))
+        report.duration = time.monotonic() - t0
+        if names is None:
+            self._forget_gone(targets)
+        self.last = report
+        log.info("monitor: swept %d probes (%d findings) in %.1f s", report.probes,
+                 len(report.findings), report.duration)
+        return report
+
+    async def _legacy(self, targets: Iterable[ProbeTarget]) -> dict[tuple[str, int], tuple]:
+        first: dict[tuple[str, int], str] = {}
+        for t in targets:
+            first.setdefault((t.address, t.port), t.domain)
+        limit = asyncio.Semaphore(self.config.concurrency)
+        timeout = self.config.timeout.total_seconds()
+
+        async def one(where: tuple[str, int], sni: str) -> tuple[tuple[str, int], tuple]:
+            async with limit:
+                return where, await probe.legacy_protocols(where[0], where[1], sni, timeout)
+
+        return dict(await asyncio.gather(*(one(w, s) for w, s in first.items())))
+
+    def _remember(self, target: ProbeTarget, chain: tuple[bytes, ...],
+                  found: list[Finding]) -> None:
+        not_after = None
+        if chain:
+            try:
+                not_after = x509.load_der_x509_certificate(chain[0]).not_valid_after_utc
+            except ValueError:
+                pass
+        stale = any(f.check == "stale" for f in found)
+        self.served[(target.domain, target.node)] = Served(not_after, stale)
+
+    def _forget_gone(self, targets: list[ProbeTarget]) -> None:
+        keep = {(t.domain, t.node) for t in targets}
+        for key in [k for k in self.served if k not in keep]:
+            del self.served[key]
+
+
+def _node_down(node: str, found: list[Finding]) -> Finding:
+    """Every probe of `node` failed: one finding for the node, with the first reason."""
+    first = found[0]
+    names = len({f.domain for f in found})
+    return Finding("unreachable", Severity.ERROR, ALL_NAMES, node,
+                   f"{node}: no answer for any of {names} name(s): {first.message}")
+
