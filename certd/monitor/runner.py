@@ -143,7 +143,7 @@ class Monitor:
         await asyncio.gather(*(one(t) for t in targets))
         report.probes = len(targets)
         for node, found in by_node.items():
-            if node in answered or not found:
+            if node in answered or len({f.domain for f in found}) < 2:
                 report.findings.extend(found)
             else:
                 report.findings.append(_node_down(node, found))
@@ -192,5 +192,5 @@ def _node_down(node: str, found: list[Finding]) -> Finding:
     first = found[0]
     names = len({f.domain for f in found})
     return Finding("unreachable", Severity.ERROR, ALL_NAMES, node,
-                   f"{node}: no answer for any of {names} name(s): {first.message}")
+                   f"{node}: no answer for any of {names} names: {first.message}")
 
