@@ -1,3 +1,5 @@
-"""Shared pytest configuration: the lab fixtures (see tests/lab)."""
+"""Shared pytest configuration: the lab fixtures (see tests/lab) and the notifier tests' real
+receivers (a webhook receiver, an SMTP server: tests/notify_servers.py)."""
 
 from tests.lab.fixtures import *  # noqa: F401,F403
+from tests.notify_servers import ca, receiver, smtp  # noqa: F401

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 import trustme
 from aiohttp import web
 from aiosmtpd.controller import Controller
@@ -69,7 +70,7 @@ class _Recorder:
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd API
+    async def handle_DATA(self, server, session, envelope) -> str:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.messages.append(msg)
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
@@ -124,3 +125,27 @@ def mail_config(tmp_path: Path, smtp: SmtpServer, ca: trustme.CA, *,
               "password_file": secret, "from": "certd@example.org",
               "to": ["ops@example.org", "oncall@example.org"], "ca_bundle": bundle}
     return EmailNotifierConfig.model_validate({**values, **kw})
+
+
+# fixtures (made available to every test by tests/conftest.py) --------------------------
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def receiver():
+    r = await WebhookReceiver().start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+@pytest.fixture
+def smtp(ca):
+    server = SmtpServer(ca).start()
+    try:
+        yield server
+    finally:
+        server.stop()

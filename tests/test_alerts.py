@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
-import trustme
 
 from certd.config import WebhookNotifierConfig
 from certd.errors import NotifyError
@@ -20,9 +19,9 @@ from certd.monitor.alerts import AlertBook
 from certd.notifiers.email import EmailNotifier
 from certd.notifiers.webhook import WebhookNotifier
 from certd.store.sqlite import SqliteStore
-from tests.notify_servers import SmtpServer, WebhookReceiver, mail_config
+from tests.notify_servers import SmtpServer, mail_config
 
-T0 = datetime(2025, 6, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 6, 1, tzinfo=UTC)
 WARN = Finding(check="expiry", severity=Severity.WARNING, domain="shop.example.com",
                node="web/fe2", message="certificate expires in 12.0 days", certificate="shop",
                days_remaining=12.0, not_after=T0 + timedelta(days=12))
@@ -292,29 +291,6 @@ async def test_email_refuses_password_without_tls(tmp_path, ca):
 
 
 # real receivers
-
-@pytest.fixture
-async def receiver():
-    r = await WebhookReceiver().start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def smtp(ca):
-    server = SmtpServer(ca).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 async def test_webhook_500_twice_then_delivered_once(store, clock, receiver):
     receiver.script = [500, 500]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -21,7 +21,6 @@ from certd.notifiers.webhook import WebhookNotifier
 from tests.lab.procs import free_port
 from tests.notify_servers import SmtpServer, WebhookReceiver, mail_config
 
-UTC = timezone.utc
 NOTICE = Notification(
     event="finding", severity=Severity.WARNING, message="certificate expires in 12.0 days",
     certificate="shop", domain="shop.example.com", node="web/fe2", check="expiry",
@@ -30,33 +29,10 @@ NOTICE = Notification(
 )
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 async def session():
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-@pytest.fixture
-async def receiver():
-    r = await WebhookReceiver().start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-@pytest.fixture
-def smtp(ca):
-    server = SmtpServer(ca).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def hook_config(url: str, **kw) -> WebhookNotifierConfig:
@@ -162,9 +138,8 @@ async def test_email_arrives_with_subject_body_and_auth(tmp_path, smtp, ca):
 
 async def test_email_wrong_password_is_permanent(tmp_path, smtp, ca, caplog):
     mailer = EmailNotifier(mail_config(tmp_path, smtp, ca, password="wrong-horse"))
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(NotifyError) as err:
-            await mailer.send(NOTICE)
+    with caplog.at_level(logging.DEBUG), pytest.raises(NotifyError) as err:
+        await mailer.send(NOTICE)
     assert not err.value.transient
     assert "authentication failed: 535" in str(err.value)
     assert "wrong-horse" not in str(err.value) and "wrong-horse" not in caplog.text

@@ -292,10 +292,13 @@ class SqliteStore:
 
     async def list_aliases(self, *, limit: int | None = None, after: str | None = None
                            ) -> list[Alias]:
-        rows = await self._all(
-            "SELECT * FROM aliases WHERE (? IS NULL OR domain > ?) ORDER BY domain LIMIT ?",
-            (after, after, -1 if limit is None else limit),
-        )
+        # two statements, not '(? IS NULL OR domain > ?)': that one scans and sorts the table
+        if after is None:
+            rows = await self._all("SELECT * FROM aliases ORDER BY domain LIMIT ?",
+                                   (-1 if limit is None else limit,))
+        else:
+            rows = await self._all("SELECT * FROM aliases WHERE domain > ? ORDER BY domain "
+                                   "LIMIT ?", (after, -1 if limit is None else limit))
         return [_alias(r) for r in rows]
 
     async def mark_alias_removing(self, domain: str) -> None:
