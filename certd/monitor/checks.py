@@ -245,6 +245,9 @@ def _chain(ctx: _Context) -> list[Finding]:
         return [ctx.finding("chain_incomplete", E, f"only the leaf is served and its issuer "
                                                    f"({issuer}) is not a trust anchor: "
                                                    "intermediate missing?")]
+    if "candidates exhausted" in reason:  # cryptography's words for "no path to a root"
+        issuer = ctx.certs[-1].issuer.rfc4514_string()
+        reason = f"no path to a trusted root (the last served certificate's issuer: {issuer})"
     return [ctx.finding("chain", C, f"does not verify against the trust store: {reason}")]
 
 
