@@ -99,6 +99,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    # "Running job ... executed successfully" twice a minute for the event forwarder is noise
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _check_names(cfg: Config, names: list[str]) -> None:
