@@ -142,9 +142,11 @@ async def run_daemon(config: Config, stop: asyncio.Event) -> None:
         sweeper = Sweeper(certd)
         api_runner = await start_site(await api_app(config, certd, monitor, stats, sweeper),
                                       config.api.listen, "api")
+        forwarder = EventForwarder(certd.store, monitor.alerts)
+        await forwarder.start()  # before the first sweep, so its failures are forwarded too
         scheduler = Scheduler(sweeper, config.renewal,
                               monitor=monitor if config.monitor.enabled else None,
-                              events=EventForwarder(certd.store, monitor.alerts))
+                              events=forwarder)
         scheduler.start()
         try:
             await stop.wait()

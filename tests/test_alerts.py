@@ -362,3 +362,27 @@ async def test_lifecycle_reaches_webhook_and_mail_once(store, clock, receiver, s
         "[certd] RESOLVED shop.example.com on web/fe2: resolved (was: certificate expires in "
         "12.0 days)",
     ]
+
+
+async def test_event_forwarder_sends_new_failures_once(store, clock):
+    from certd.model import Event
+    from certd.monitor.events import EventForwarder
+
+    rec = Recorder()
+    book = book_for(store, [rec], clock)
+    await store.add_event(Event("issue.failed", "before start", Severity.ERROR, certificate="a"))
+    forwarder = EventForwarder(store, book)
+    try:
+        await forwarder.start()  # history is not replayed
+        await store.add_event(Event("issue.ok", "fine", certificate="a"))
+        await store.add_event(Event("deploy.failed", "fe2: reload: exit 1", Severity.ERROR,
+                                    certificate="a", node="fe2"))
+        await store.add_event(Event("deploy.failed", "fe2: again", Severity.ERROR,
+                                    certificate="a", node="fe2"))  # same within `repeat`
+        assert await forwarder.forward() == 2
+        assert await forwarder.forward() == 0
+        await book.drain(timeout=10)
+    finally:
+        await book.close()
+    assert [(n.event, n.certificate, n.node, n.message) for n in rec.got] == [
+        ("deploy.failed", "a", "fe2", "fe2: reload: exit 1")]

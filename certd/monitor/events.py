@@ -26,10 +26,14 @@ class EventForwarder:
         self.min_rank = SEVERITY_RANK[min_severity]
         self.after: int | None = None
 
+    async def start(self) -> None:
+        """Follow from the newest event on (call before anything records new ones)."""
+        self.after = await self.store.last_event_id()
+
     async def forward(self) -> int:
         """Send what was recorded since the last call; returns how many events were sent."""
         if self.after is None:
-            self.after = await self.store.last_event_id()
+            await self.start()
             return 0
         sent = 0
         for _ in range(100):  # bounded: at most 100 batches per call
