@@ -42,12 +42,6 @@ def addresses(k: int) -> list[str]:
     return [f"127.0.0.{20 + i}" for i in range(k)]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Pki:
     root_pem: str

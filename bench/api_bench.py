@@ -16,8 +16,6 @@ import asyncio
 import json
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,17 +29,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._proc import free_port, rss_mb, stop  # noqa: E402
 from certd.model import Alias, utcnow  # noqa: E402
 from certd.store.sqlite import SqliteStore  # noqa: E402
 
 TOKEN = "bench-" + "0123456789abcdef" * 2
 SUFFIXES = ["example.com", "example.org", "example.net", "shop.example.co.uk"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alias_domain(i: int) -> str:
@@ -198,13 +191,6 @@ def show(what: str, r: dict) -> None:
           f"max {r['max_ms']:.1f} ms ({r['requests']} requests, {r['errors']} errors)")
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=10000, help="aliases in the store")
@@ -269,13 +255,7 @@ def main() -> None:
             if errors:
                 print(f"log: {len(errors)} API error lines, first: {errors[0]}")
         finally:
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                try:
-                    daemon.wait(60)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait(10)
+            stop(daemon)
 
 
 if __name__ == "__main__":

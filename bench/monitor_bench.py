@@ -37,6 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _fleet  # noqa: E402
+from bench._proc import free_port, stop  # noqa: E402
 from certd.model import utcnow  # noqa: E402
 
 SWEPT = re.compile(r"monitor: swept (\d+) probes \((\d+) findings\) in ([\d.]+) s")
@@ -45,7 +46,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def config_data(root: Path, names: list[str], addrs: list[str], tls_port: int,
                 ca: Path, concurrency: int | None = None) -> dict:
-    free = _fleet.free_port
+    free = free_port
     return {
         "state_dir": str(root / "state"),
         "log_level": "info",
@@ -212,13 +213,7 @@ def run_daemon(root: Path, config_path: Path, run: int, timeout: float, linger: 
         }
     finally:
         watch.stop()
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(10)
+        stop(daemon)
 
 
 def run_check(config_path: Path, timeout: float) -> dict:
@@ -346,7 +341,7 @@ def main() -> None:
         t0 = time.perf_counter()
         asyncio.run(_fleet.populate(root / "state" / "certd.db", pki.leaves, "web", nodes))
         t_store = time.perf_counter() - t0
-        port = _fleet.free_port(addrs[0])
+        port = free_port(addrs[0])
         nginx = _fleet.Nginx(root / "nginx", root / "certs", addrs, port)
         t0 = time.perf_counter()
         nginx.start()

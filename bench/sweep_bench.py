@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._proc import free_port, rss_mb  # noqa: E402
 from certd import config as configuration, keys  # noqa: E402
 from certd.app import open_certd  # noqa: E402
 from certd.model import (  # noqa: E402
@@ -34,12 +34,6 @@ from certd.store.sqlite import SqliteStore  # noqa: E402
 from certd.sweep import Sweeper  # noqa: E402
 
 LIFETIMES = [timedelta(days=90), timedelta(days=45), timedelta(days=6), timedelta(hours=160)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config_data(root: Path, n: int) -> dict:
@@ -110,13 +104,6 @@ async def decision_times(cfg, repeats: int) -> tuple[list[float], int, float]:
         await certd.store.overview()
         overview_only = time.perf_counter() - t0
     return times, due, overview_only
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:

@@ -60,6 +60,9 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
         await store.close()
 
 
+DRAIN_SECONDS = 10  # queued notices get this long to go out when the monitor closes
+
+
 @contextlib.asynccontextmanager
 async def open_monitor(config: Config, certd: Certd) -> AsyncIterator[Monitor]:
     """The monitor with its alerting (notifiers, dedupe) and trust store; queued notices get
@@ -75,9 +78,6 @@ async def open_monitor(config: Config, certd: Certd) -> AsyncIterator[Monitor]:
         await alerts.drain(DRAIN_SECONDS)
         await alerts.close()
         await session.close()
-
-
-DRAIN_SECONDS = 10
 
 
 async def start_site(app: web.Application, listen: str, what: str) -> web.AppRunner:

@@ -19,7 +19,7 @@ from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError
 from certd.model import utcnow
-from certd.views import certificate_views
+from certd.views import certificate_views, text_table
 
 log = logging.getLogger("certd")
 
@@ -160,9 +160,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
          str(r["attempts"]), ",".join(r["deployed_nodes"]) or "-", ",".join(r["domains"]))
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for line in text_table(table):
+        print(line)
     for r in rows:
         if r["last_error"]:
             print(f"{r['name']}: last error: {r['last_error']}", file=sys.stderr)

@@ -14,6 +14,7 @@ from certd.app import open_certd, open_monitor
 from certd.config import Config
 from certd.errors import CertdError
 from certd.model import SEVERITY_RANK, Finding, Severity
+from certd.views import text_table
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
 
@@ -67,9 +68,8 @@ def _table(findings: list[Finding]) -> None:
         return
     header = ("SEVERITY", "CHECK", "DOMAIN", "NODE", "MESSAGE")
     rows = [(f.severity.value, f.check, f.domain, f.node, _clean(f.message)) for f in findings]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for r in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+    for line in text_table([header, *rows]):
+        print(line)
 
 
 def _clean(text: str) -> str:

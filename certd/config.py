@@ -318,9 +318,6 @@ class MonitorConfig(_Model):
         return self
 
 
-SEVERITIES = ("info", "warning", "error", "critical")
-
-
 class _NotifierBase(_Model):
     min_severity: Literal["info", "warning", "error", "critical"] = "warning"
     timeout: Duration = timedelta(seconds=10)

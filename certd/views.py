@@ -58,3 +58,9 @@ async def certificate_views(certd: Certd, names: Sequence[str], now: datetime) -
 
 async def certificate_view(certd: Certd, name: str, now: datetime) -> dict:
     return (await certificate_views(certd, [name], now))[0]
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows (the header first) as aligned lines for a terminal."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -19,7 +19,7 @@ from datetime import datetime
 from cryptography import x509
 
 from certd.config import MonitorConfig
-from certd.model import SEVERITY_RANK, CertDetails, Finding, ProbeTarget, Severity
+from certd.model import CertDetails, Finding, ProbeTarget, Severity
 from certd.monitor import checks, probe
 from certd.monitor.alerts import AlertBook
 from certd.service import Certd
@@ -45,11 +45,6 @@ class MonitorReport:
     findings: list[Finding] = field(default_factory=list)
     notices: int = 0
 
-    @property
-    def worst(self) -> Severity | None:
-        return max((f.severity for f in self.findings), key=SEVERITY_RANK.__getitem__,
-                   default=None)
-
 
 class Monitor:
     """Safe to call `sweep` from several tasks: sweeps run one at a time."""
@@ -67,23 +62,22 @@ class Monitor:
         self._lock = asyncio.Lock()
 
     # what to probe ---------------------------------------------------------------------
-    def targets(self, details: dict[str, CertDetails], names: Sequence[str] | None
-                ) -> list[ProbeTarget]:
-        """Names certd has a certificate for, on every node of their frontends; then the
-        extra endpoints (full sweeps only)."""
+    def targets(self, details: dict[str, CertDetails], *, endpoints: bool) -> list[ProbeTarget]:
+        """The names of the certificates in `details` that have a certificate, on every node
+        of their frontends; then, with `endpoints`, the extra endpoints."""
         out: list[ProbeTarget] = []
         frontends = self.certd.config.frontends
-        for spec in self.certd.specs():
-            if (names is not None and spec.name not in names) or not details.get(
-                    spec.name, CertDetails(None, None, None)).summary:
+        for name, d in details.items():
+            if d.summary is None:
                 continue
+            spec = self.certd.spec(name)
             for group in spec.frontends:
                 fe = frontends[group]
                 for node in fe.nodes:
                     out.extend(ProbeTarget(domain, node.address, fe.tls_port,
                                            f"{group}/{node.name}", spec.name, group)
                                for domain in spec.domains)
-        if names is None:
+        if endpoints:
             for ep in self.config.endpoints:
                 out.extend(ProbeTarget(n, ep.address, ep.port, f"{ep.address}:{ep.port}")
                            for n in ep.names)
@@ -116,7 +110,7 @@ class Monitor:
         t0 = time.monotonic()
         specs = [s.name for s in certd.specs() if names is None or s.name in names]
         details = await certd.store.details(specs)
-        targets = self.targets(details, sorted(names) if names is not None else None)
+        targets = self.targets(details, endpoints=names is None)
         legacy = await self._legacy(targets) if self.config.protocols else {}
         limit = asyncio.Semaphore(self.config.concurrency)
         timeout = self.config.timeout.total_seconds()
