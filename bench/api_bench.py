@@ -53,7 +53,7 @@ def config_data(root: Path, api_port: int) -> dict:
         # and a long backoff, so the failed aliases' retry wake-up does not come either
         "renewal": {"sweep_interval": "24h", "max_concurrent": 50, "backoff": ["6h"]},
         "domains": {"default_frontends": ["web"], "per_token_per_hour": 1_000_000,
-                    "preflight": False},
+                    "preflight": False, "allow_special_use": ["example"]},  # example.com/.org
         "frontends": {"web": {
             "nodes": [{"name": "fe1", "address": "127.0.0.2"},
                       {"name": "fe2", "address": "127.0.0.3"}],

@@ -37,8 +37,9 @@ async def client(tmp_path):
             "edge": {"nodes": [{"name": "fe9", "address": "127.0.0.9"}],
                      "deployer": {"type": "file", "path": str(tmp_path) + "/{node}/{certificate}"}},
         },
+        # aliases under example.com/.org (RFC 6761 §6.5 special-use names, refused by default)
         "domains": {"default_frontends": ["web"], "denied": ["blocked.example"],
-                    "per_token_per_hour": 5},
+                    "per_token_per_hour": 5, "allow_special_use": ["example"]},
         "certificates": [{"name": "portal.example.org", "domains": ["portal.example.org"],
                           "frontends": ["web"]}],
     })
@@ -211,3 +212,112 @@ async def test_revoke_refused_keeps_the_alias_for_a_retry(client):
     failed = await certd.store.events(kind="revoke.failed")
     assert [e.certificate for e in failed] == ["gone.example.com"]
     assert "gone.example.com" not in {s.name for s in certd.specs()}
+
+
+# --- the alias policy through the API (issue 10): a default config, nothing allowed extra ----
+
+@pytest.fixture
+async def strict(tmp_path):
+    cfg = configuration.parse({
+        "state_dir": str(tmp_path / "state"),
+        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
+        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
+                              "deployer": {"type": "file",
+                                           "path": str(tmp_path) + "/{node}/{certificate}"}}},
+        "domains": {"default_frontends": ["web"], "preflight": False},
+        # the operator's own certificates may use internal names: syntax checks only
+        "certificates": [{"name": "intranet", "frontends": ["web"],
+                          "domains": ["router.lan", "metadata.google.internal", "x.onion",
+                                      "printer.local", "nas.home.arpa", "a.test"]}],
+    })
+    async with open_certd(cfg) as certd:
+        app = api.build_app(certd, parse(f"ops {TOKEN}\n", "tokens"))
+        async with TestClient(TestServer(app)) as c:
+            c.certd = certd
+            yield c
+
+
+SPECIAL = "domain-special-use"
+UNKNOWN_TLD = "domain-unknown-tld"
+MIXED = "domain-mixed-script"
+HOSTILE_NAMES = [
+    # RFC 6761 / 6762 / 7686 / 8375 / 9476 special-use names, ICANN's .internal, .arpa
+    ("a.test", SPECIAL), ("test.invalid", SPECIAL), ("localhost.localhost", SPECIAL),
+    ("x.localhost", SPECIAL), ("data.example", SPECIAL), ("data.example.com", SPECIAL),
+    ("www.example.net", SPECIAL), ("shop.example.org", SPECIAL), ("printer.local", SPECIAL),
+    ("x.onion", SPECIAL), ("duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion",
+                           SPECIAL), ("router.alt", SPECIAL),
+    ("metadata.google.internal", SPECIAL), ("nas.home.arpa", SPECIAL),
+    ("1.0.0.127.in-addr.arpa", SPECIAL), ("254.169.in-addr.arpa", SPECIAL),
+    ("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa", SPECIAL),
+    ("ipv4only.arpa", SPECIAL), ("X.ONION.", SPECIAL),
+    # top-level domains that are not in the ICANN section: home networks, file-like names
+    ("router.lan", UNKNOWN_TLD), ("nas.home", UNKNOWN_TLD), ("dc1.corp", UNKNOWN_TLD),
+    ("wiki.intranet", UNKNOWN_TLD), ("srv.private", UNKNOWN_TLD), ("h.localdomain", UNKNOWN_TLD),
+    ("openssl.cnf", UNKNOWN_TLD), ("conf.d", UNKNOWN_TLD), ("mime.types", UNKNOWN_TLD),
+    ("nginx.conf", UNKNOWN_TLD), ("privkey.pem", UNKNOWN_TLD), ("server.key", UNKNOWN_TLD),
+    ("fullchain.crt", UNKNOWN_TLD), ("index.html", UNKNOWN_TLD), ("app.yaml", UNKNOWN_TLD),
+    ("passwd.bak", UNKNOWN_TLD), ("x.bit", UNKNOWN_TLD), ("vitalik.eth", UNKNOWN_TLD),
+    ("a.b.c.notatld", UNKNOWN_TLD),
+    # mixed-script confusables: Latin with Cyrillic, Greek, Armenian, Cherokee look-alikes
+    ("pаypal.com", MIXED), ("аpple.com", MIXED), ("gооgle.com", MIXED), ("micrоsoft.com", MIXED),
+    ("gοogle.com", MIXED), ("αmazon.com", MIXED), ("bαnk.de", MIXED), ("ցoogle.com", MIXED),
+    ("раураl.com", MIXED), ("www.pаypal.co.uk", MIXED), ("xn--pypal-4ve.com", MIXED),
+    ("ωмega.com", MIXED), ("ㄅ한글.kr", MIXED),
+    # whole-script Cyrillic look-alikes of Latin names under a Latin TLD
+    ("аррӏе.com", "domain-confusable"), ("xn--80ak6aa92e.com", "domain-confusable"),
+    ("ѕсоре.net", "domain-confusable"),
+    # scripts outside the recommended ones
+    ("ꭰꭱꭲ.com", "domain-script"), ("𐌰𐌱.com", "domain-script"),
+]
+ACCEPTED_NAMES = ["пример.com", "пример.рф", "аррӏе.ru", "αβγ.gr", "例え.jp", "日本語.jp",
+                  "中文abc.cn", "한국어.kr", "ㄅㄆ中文.tw", "bücher.de", "café.fr",
+                  "shop.example.co.uk"]
+
+
+def test_the_hostile_table_is_large_and_distinct():
+    names_ = [n for n, _ in HOSTILE_NAMES]
+    assert len(names_) >= 40 and len(set(names_)) == len(names_)
+
+
+@pytest.mark.parametrize("name, slug", HOSTILE_NAMES)
+async def test_hostile_and_special_names_are_refused_with_their_problem_type(strict, name, slug):
+    resp = await post(strict, {"domain": name})
+    assert resp.status == 422, (name, resp.status)
+    assert resp.content_type == "application/problem+json"
+    body = await resp.json()
+    assert body["type"] == f"urn:certd:problem:{slug}", (name, body)
+    assert body["detail"].isascii()  # the normalised (A-label) name at most, never raw input
+    assert await strict.certd.store.list_aliases() == []
+    assert await strict.certd.store.events(kind="api.domain.add") == []
+
+
+@pytest.mark.parametrize("name", ACCEPTED_NAMES)
+async def test_single_script_idns_are_accepted(strict, name):
+    resp = await post(strict, {"domain": name})
+    assert resp.status == 202, (name, await resp.text())
+
+
+async def test_config_file_certificates_keep_internal_names(strict):
+    spec = strict.certd.spec("intranet")
+    assert "router.lan" in spec.domains and "metadata.google.internal" in spec.domains
+
+
+async def test_allow_special_use_lets_the_operator_accept_a_tld(tmp_path):
+    cfg = configuration.parse({
+        "state_dir": str(tmp_path / "state"),
+        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
+        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
+                              "deployer": {"type": "file",
+                                           "path": str(tmp_path) + "/{node}/{certificate}"}}},
+        "domains": {"default_frontends": ["web"], "preflight": False,
+                    "allow_special_use": ["test", "LAN."]},
+    })
+    async with open_certd(cfg) as certd:
+        app = api.build_app(certd, parse(f"ops {TOKEN}\n", "tokens"))
+        async with TestClient(TestServer(app)) as c:
+            assert (await post(c, {"domain": "shop.test"})).status == 202
+            assert (await post(c, {"domain": "router.lan"})).status == 202
+            # only what is listed: .onion and pаypal stay refused
+            assert (await post(c, {"domain": "x.onion"})).status == 422
+            assert (await post(c, {"domain": "pаypal.test"})).status == 422

@@ -173,3 +173,132 @@ def test_rejection_is_a_value_error():
 def test_hex_last_label_reads_as_ipv4(name):
     with pytest.raises(NameRejected, match="numeric"):
         normalise(name)
+
+
+# --- the alias policy (check_alias): only for names customers add through the API ----------
+
+from types import SimpleNamespace  # noqa: E402
+
+from certd import config as configuration  # noqa: E402
+from certd.names import AliasRefused, check_alias, label_scripts  # noqa: E402
+
+
+def policy(**kw):
+    return SimpleNamespace(**{"denied": [], "allowed_suffixes": [], "allow_special_use": [], **kw})
+
+
+def refused(raw, **kw) -> AliasRefused:
+    with pytest.raises(AliasRefused) as info:
+        check_alias(raw, policy(**kw))
+    return info.value
+
+
+@pytest.mark.parametrize("raw, zone, key", [
+    ("a.test", "test", "test"), ("x.localhost", "localhost", "localhost"),
+    ("test.invalid", "invalid", "invalid"), ("a.example", "example", "example"),
+    ("www.example.com", "example.com", "example"), ("a.example.net", "example.net", "example"),
+    ("b.example.org", "example.org", "example"), ("printer.local", "local", "local"),
+    ("x.onion", "onion", "onion"), ("router.alt", "alt", "alt"),
+    ("metadata.google.internal", "internal", "internal"),
+    ("1.0.0.127.in-addr.arpa", "arpa", "arpa"), ("nas.home.arpa", "arpa", "arpa"),
+    ("b.a.8.b.d.0.1.0.0.2.ip6.arpa", "arpa", "arpa"),
+])
+def test_special_use_names_are_refused_unless_allowed(raw, zone, key):
+    exc = refused(raw)
+    assert exc.slug == "domain-special-use"
+    assert f".{zone}" in str(exc) and f"allow_special_use: [{key}]" in str(exc)
+    assert check_alias(raw, policy(allow_special_use=[key])) == raw
+
+
+@pytest.mark.parametrize("raw", ["router.lan", "openssl.cnf", "conf.d", "mime.types", "a.corp",
+                                 "nas.home", "x.intranet", "srv.private", "my.localdomain",
+                                 "index.html", "server.key", "app.yaml", "x.bit", "x.eth"])
+def test_names_outside_the_icann_tlds_are_refused(raw):
+    exc = refused(raw)
+    assert exc.slug == "domain-unknown-tld" and "ICANN" in str(exc)
+    tld = raw.rsplit(".", 1)[1]
+    assert check_alias(raw, policy(allow_special_use=[tld])) == raw  # a private CA's lab
+
+
+@pytest.mark.parametrize("raw", ["shop.example.co.uk", "a.zip", "www.bücher.de", "x.github.io",
+                                 "пример.рф", "例え.jp", "data.xn--p1ai", "a.b.c.d.museum"])
+def test_icann_names_pass(raw):
+    assert check_alias(raw, policy()) == normalise(raw)
+
+
+@pytest.mark.parametrize("raw, slug, scripts", [
+    ("pаypal.com", "domain-mixed-script", "Cyrillic, Latin"),  # Cyrillic а
+    ("аpple.com", "domain-mixed-script", "Cyrillic, Latin"),
+    ("gοogle.com", "domain-mixed-script", "Greek, Latin"),  # Greek ο
+    ("раураl.com", "domain-mixed-script", "Cyrillic, Latin"),  # Latin l among Cyrillic
+    ("ωмega.com", "domain-mixed-script", "Cyrillic, Greek, Latin"),
+    ("ㄅ한글.kr", "domain-mixed-script", "Bopomofo, Hangul"),
+    ("日本ひらがなабв.jp", "domain-mixed-script", "Cyrillic"),
+    ("bankβ.com", "domain-mixed-script", "Greek, Latin"),
+])
+def test_mixed_script_labels_are_refused(raw, slug, scripts):
+    exc = refused(raw)
+    assert exc.slug == slug and scripts in str(exc)
+    assert normalise(raw)  # the config file path: syntax only
+
+
+@pytest.mark.parametrize("raw", [
+    "пример.com", "пример.рф", "αβγ.gr", "ελληνικά.com", "例え.jp", "日本語.jp",
+    "ひらがなカタカナ漢字.jp", "中文.cn", "中文abc.cn", "abc日本語.jp", "한국어.kr", "abc한국.kr",
+    "ㄅㄆ中文.tw", "bücher.de", "café.fr", "מבחן.co.il", "مثال.com", "परीक्षा.in", "ทดสอบ.th",
+    "аррӏе.ru", "аррӏе.рф", "shop-2.bücher.de", "საქართველო.ge",
+])
+def test_single_script_and_highly_restrictive_labels_pass(raw):
+    assert check_alias(raw, policy()) == normalise(raw)
+
+
+@pytest.mark.parametrize("raw", ["аррӏе.com", "раураӏ.com", "ѕсоре.net", "сосо.org",
+                                 "xn--80ak6aa92e.com"])
+def test_whole_script_cyrillic_lookalikes_are_refused_under_latin_tlds(raw):
+    exc = refused(raw)
+    assert exc.slug == "domain-confusable"
+
+
+@pytest.mark.parametrize("raw", ["ꭰꭱꭲ.com", "ᏗᏕ.com", "ᚠᚢᚦ.com", "𐌰𐌱.com"])
+def test_scripts_outside_the_recommended_ones_are_refused(raw):
+    try:
+        normalise(raw)
+    except NameRejected:
+        pytest.skip("refused by IDNA 2008 already")
+    assert refused(raw).slug == "domain-script"
+
+
+def test_label_scripts_uses_script_extensions():
+    latin, cyr, dash, han, kana, prolonged = label_scripts("aа-漢カー")
+    assert latin == {"Latin"} and cyr == {"Cyrillic"} and dash == {"*"}
+    assert {"Han", "Japanese", "Korean"} <= han and kana == {"Katakana", "Japanese"}
+    assert {"Hiragana", "Katakana", "Japanese"} <= prolonged  # U+30FC is in both kana
+
+
+def test_denied_and_allowed_suffixes_are_part_of_the_alias_policy():
+    assert refused("x.bad.com", denied=["bad.com"]).slug == "domain-denied"
+    assert refused("x.other.com", allowed_suffixes=["shop.com"]).slug == "domain-not-allowed"
+    assert check_alias("a.shop.com", policy(allowed_suffixes=["shop.com"])) == "a.shop.com"
+    # special-use comes before the operator's allow list: .test needs allow_special_use
+    assert refused("a.test", allowed_suffixes=["test"]).slug == "domain-special-use"
+
+
+def test_reasons_quote_only_the_normalised_name():
+    exc = refused("PАYPAL.com.")  # upper case, trailing dot, Cyrillic А
+    assert "xn--" in str(exc) and "PА" not in str(exc) and "А" not in str(exc)
+    assert str(refused("x.lan")) == (".lan is not a top-level domain of the public suffix "
+                                     "list's ICANN section")
+
+
+@pytest.mark.parametrize("domain", ["router.lan", "metadata.google.internal", "printer.local",
+                                    "svc.cluster.test", "x.onion", "host.home.arpa",
+                                    "1.0.0.127.in-addr.arpa", "a.example", "conf.d",
+                                    "пример.com"])
+def test_config_file_certificates_keep_internal_names(domain, tmp_path):
+    cfg = configuration.parse({
+        "state_dir": str(tmp_path),
+        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
+                              "deployer": {"type": "file", "path": str(tmp_path) + "/{node}"}}},
+        "certificates": [{"name": "internal", "domains": [domain], "frontends": ["web"]}],
+    })
+    assert cfg.certificates[0].domains == [normalise(domain)]

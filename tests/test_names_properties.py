@@ -149,3 +149,74 @@ def test_public_suffixes_are_rejected(suffix):
         normalise(suffix)
     with pytest.raises(NameRejected):
         normalise(suffix.upper() + ".")
+
+
+# --- the alias policy ------------------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from certd.names import SPECIAL_USE, AliasRefused, check_alias  # noqa: E402
+
+STRICT = SimpleNamespace(denied=[], allowed_suffixes=[], allow_special_use=[])
+LATIN = "abcdefghijklmnopqrstuvwxyzéüß"
+CYRILLIC = "абвгдежзийклмнопрстуфхцчшщъыьэюя"  # lower case: IDNA maps upper case down
+GREEK = "αβγδεζηθικλμνξοπρστυφχψω"
+
+
+def refuses(raw: str, policy=STRICT) -> str | None:
+    """The slug of the refusal (invalid-domain for syntax), or None if accepted."""
+    try:
+        check_alias(raw, policy)
+    except AliasRefused as exc:
+        return exc.slug
+    except NameRejected as exc:
+        assert str(exc)
+        return "invalid-domain"
+    return None
+
+
+@BOUNDED
+@given(ANY_TEXT)
+@example("pаypal.com")
+@example("x.onion")
+def test_alias_policy_only_rejects_with_name_rejected(raw):
+    """Any text: refused with a reason, or a normalised name with an ICANN TLD, no special-use
+    zone, and the same answer when asked again (idempotent)."""
+    try:
+        out = check_alias(raw, STRICT)
+    except NameRejected as exc:
+        assert str(exc)
+        return
+    assert out == normalise(raw) and check_alias(out, STRICT) == out
+    labels = out.split(".")
+    assert names._icann_tld(labels[-1])
+    assert labels[-1] not in SPECIAL_USE and ".".join(labels[-2:]) not in SPECIAL_USE
+
+
+@BOUNDED
+@given(st.text(alphabet=LATIN, min_size=1, max_size=10),
+       st.text(alphabet=st.sampled_from(CYRILLIC + GREEK), min_size=1, max_size=10),
+       st.randoms(use_true_random=False), st.sampled_from(["com", "ru", "gr", "de"]))
+def test_a_label_mixing_latin_with_cyrillic_or_greek_is_refused(latin, other, rnd, tld):
+    chars = list(latin + other)
+    rnd.shuffle(chars)
+    assert refuses("".join(chars) + "." + tld) in ("domain-mixed-script", "invalid-domain")
+
+
+@BOUNDED
+@given(st.sampled_from([CYRILLIC, GREEK, LATIN]).flatmap(
+    lambda alphabet: st.text(alphabet=alphabet, min_size=2, max_size=20)))
+def test_single_script_labels_are_accepted(label):
+    # under .ru, whole-script Cyrillic look-alikes of Latin names are the country's own words
+    assert refuses(f"{label}.ru") in (None, "invalid-domain")
+
+
+@BOUNDED
+@given(valid_names(), st.sampled_from(sorted(SPECIAL_USE)))
+def test_special_use_zones_are_refused_whatever_is_in_front(name, zone):
+    raw = name.split(".")[0] + "." + zone
+    assume(len(raw) <= MAX_NAME)
+    assert refuses(raw) == "domain-special-use"
+    key = SPECIAL_USE[zone][0]
+    assert refuses(raw, SimpleNamespace(denied=[], allowed_suffixes=[],
+                                        allow_special_use=[key])) is None

@@ -44,7 +44,7 @@ def _config(tmp):
                               "deployer": {"type": "file",
                                            "path": str(tmp) + "/{node}/{certificate}"}}},
         "domains": {"default_frontends": ["web"], "denied": ["blocked.example"],
-                    "per_token_per_hour": 1000},
+                    "per_token_per_hour": 1000, "allow_special_use": ["example"]},
         "certificates": [{"name": "portal", "domains": ["portal.example.org"],
                           "frontends": ["web"]}],
     })

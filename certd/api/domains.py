@@ -10,7 +10,7 @@ from aiohttp import web
 
 from certd import names
 from certd.api.http import TOKEN_NAME, Problem, background, certd_of, read_json
-from certd.errors import CertdError
+from certd.errors import CertdError, StoreError
 from certd.model import Alias, Event, utcnow
 from certd.views import certificate_views
 
@@ -54,13 +54,15 @@ async def domain_view(request: web.Request, alias: Alias) -> dict:
     return (await domain_views(request, [alias]))[0]
 
 
-def _domain(raw) -> str:
+def _domain(raw, policy) -> str:
+    """The alias policy (certd/names.py: check_alias) as problem documents."""
     if not isinstance(raw, str):
         raise Problem(422, "invalid-domain", "domain must be a string")
     try:
-        return names.normalise(raw)
+        return names.check_alias(raw, policy)
     except names.NameRejected as exc:
-        raise Problem(422, "invalid-domain", "Domain refused", str(exc)) from None
+        raise Problem(422, getattr(exc, "slug", "invalid-domain"), "Domain refused",
+                      str(exc)) from None
 
 
 async def create(request: web.Request) -> web.Response:
@@ -69,14 +71,8 @@ async def create(request: web.Request) -> web.Response:
     unknown = set(data) - {"domain", "frontends"}
     if unknown:
         raise Problem(400, "unknown-field", "Unknown field", f"unknown field {sorted(unknown)[0]!r}")
-    domain = _domain(data.get("domain"))
     policy = certd.config.domains
-    if domain in policy.denied or any(domain.endswith("." + d) for d in policy.denied):
-        raise Problem(422, "domain-denied", "Domain refused", "denied by domains.denied")
-    if policy.allowed_suffixes and not any(domain == s or domain.endswith("." + s)
-                                           for s in policy.allowed_suffixes):
-        raise Problem(422, "domain-not-allowed", "Domain refused",
-                      "not under any of domains.allowed_suffixes")
+    domain = _domain(data.get("domain"), policy)
     frontends = data.get("frontends", policy.default_frontends)
     if (not isinstance(frontends, list) or not frontends
             or not all(isinstance(f, str) and f in certd.config.frontends for f in frontends)):
@@ -100,6 +96,8 @@ async def create(request: web.Request) -> web.Response:
     try:
         alias, created = await certd.add_alias(Alias(domain, tuple(dict.fromkeys(frontends)),
                                                      who, now))
+    except StoreError:
+        raise  # not a conflict: the errors middleware answers 503 store-unavailable
     except CertdError as exc:
         raise Problem(409, "conflict", "Domain conflicts", str(exc)) from None
     if not created:  # a concurrent request won the race

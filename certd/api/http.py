@@ -9,13 +9,16 @@ from typing import Any
 
 from aiohttp import web
 
-from certd.api.tokens import Tokens
+from certd.api import scopes
+from certd.api.tokens import Tokens, allows
+from certd.errors import StoreError
 from certd.service import Certd
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
 PROBLEM = "urn:certd:problem:"  # + a stable slug per error
+STORE_RETRY_AFTER = 10  # seconds, on a 503 store-unavailable
 
 CERTD = web.AppKey("certd", Certd)
 TOKENS = web.AppKey("tokens", Tokens)
@@ -54,6 +57,14 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except StoreError as exc:
+        # a locked database, a full disk, a read-only file: the operator's problem, and its
+        # message (the file's path, SQLite's words) is for the log only
+        log.error("api: %s %r: store unavailable: %s", request.method, request.path, exc)
+        response = problem(503, "store-unavailable", "Store unavailable",
+                           "certd cannot use its store right now; try again later")
+        response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
+        return response
     except Exception:
         log.exception("api: %s %s failed", request.method, request.path)
         return problem(500, "internal", "Internal error", "see certd's log")
@@ -61,16 +72,32 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
 
 @web.middleware
 async def authenticate(request: web.Request, handler) -> web.StreamResponse:
-    if not (request.path.startswith("/api/") or (
-            request.path == "/metrics" and request.app[CERTD].config.api.metrics_auth)):
+    """A bearer token, then its scope against certd/api/scopes.py's table for the matched
+    route: 401 without a known token, 403 `forbidden` naming the scope needed."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None  # None: 404/405 to come
+    need = scopes.needed(request.method, route) if route is not None else None
+    if need == scopes.PUBLIC or (
+            route == "/metrics" and not request.app[CERTD].config.api.metrics_auth):
         return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    name = request.app[TOKENS].check(token.strip()) if scheme.lower() == "bearer" else None
-    if name is None:
+    if route is None and not request.path.startswith("/api/"):
+        return await handler(request)  # aiohttp's 404/405 outside the API
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    token = request.app[TOKENS].lookup(presented.strip()) if scheme.lower() == "bearer" else None
+    if token is None:
         response = problem(401, "unauthorized", "Missing or unknown bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="certd"'
         return response
-    request[TOKEN_NAME] = name
+    request[TOKEN_NAME] = token.name
+    if route is not None and need is None:
+        log.error("api: %s %s has no scope in certd/api/scopes.py; refused", request.method,
+                  route)
+        return problem(403, "forbidden", "No scope grants this route",
+                       "this route has no scope in certd's table; nobody may call it")
+    if need is not None and not allows(token.scope, need):
+        return problem(403, "forbidden", "The token lacks the scope this request needs",
+                       f"needs the '{need}' scope; token '{token.name}' has '{token.scope}'",
+                       scope=need)
     return await handler(request)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from certd import __version__
+from certd.api import scopes
 from certd.api.domains import MAX_LIMIT, STATUSES
 from certd.api.http import PROBLEM
 from certd.model import CertStatus, DeployStatus
@@ -148,6 +149,7 @@ def _ok(description: str, schema: str, headers: dict | None = None) -> dict:
 
 LOCATION = {"Location": {"description": "the resource's URL path", "schema": STR}}
 UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
+FORBIDDEN = {"$ref": "#/components/responses/Forbidden"}
 
 
 def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None,
@@ -160,7 +162,7 @@ def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None
     if public:
         op["security"] = []
     else:
-        responses = {**responses, "401": UNAUTHORIZED}
+        responses = {**responses, "401": UNAUTHORIZED, "403": FORBIDDEN}
     op["responses"] = dict(sorted(responses.items()))
     return op
 
@@ -180,6 +182,19 @@ def _flag(name: str, default: str, description: str) -> dict:
 
 
 def document() -> dict:
+    """The document, each operation marked with the token scope it needs (`x-certd-scope`,
+    from certd/api/scopes.py, the table the middleware enforces)."""
+    doc = _document()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            need = scopes.needed(method.upper(), path)
+            if need not in (None, scopes.PUBLIC):
+                op["x-certd-scope"] = need
+                op["description"] = f"Needs a token with the `{need}` scope (or above)."
+    return doc
+
+
+def _document() -> dict:
     cert = _path("name", "the certificate's configured name", "portal")
     domain = _path("domain", "the custom domain (normalised before lookup)",
                    "shop.example.com")
@@ -235,8 +250,9 @@ def document() -> dict:
                                      "domain-removing (Retry-After)"),
                      "413": _problem("body-too-large"),
                      "415": _problem("unsupported-media-type: send application/json"),
-                     "422": _problem("invalid-domain, domain-denied, domain-not-allowed or "
-                                     "invalid-frontends"),
+                     "422": _problem("invalid-domain, domain-special-use, domain-unknown-tld, "
+                                     "domain-mixed-script, domain-script, domain-confusable, "
+                                     "domain-denied, domain-not-allowed or invalid-frontends"),
                      "429": _problem("quota: too many new domains for this token",
                                      {"Retry-After": {"description": "seconds",
                                                       "schema": {"type": "integer",
@@ -281,7 +297,13 @@ def document() -> dict:
                                                "description": "a token from api.tokens_file"}},
             "responses": {"Unauthorized": _problem(
                 "unauthorized: missing or unknown bearer token",
-                {"WWW-Authenticate": {"schema": STR}})},
+                {"WWW-Authenticate": {"schema": STR}}),
+                "Forbidden": _problem(
+                    "forbidden: the token's scope does not grant this request. Tokens "
+                    "(api.tokens_file, `NAME TOKEN [SCOPE]` or `NAME sha256:HEX [SCOPE]`) have "
+                    "one scope: `read` (GET and /metrics), `aliases` (read, plus POST and "
+                    "DELETE of /api/v1/domains) or `admin` (everything; the default). The "
+                    "problem's `scope` member names the scope needed")},
             "schemas": _schemas(),
         },
     }

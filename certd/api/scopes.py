@@ -1,0 +1,33 @@
+"""Which token scope each API route needs: the one table the `authenticate` middleware
+(certd/api/http.py) consults. A route missing from it answers 403 to every token, so a new
+route is closed until someone decides its scope here; tests/test_api.py checks that every
+route build_app registers is listed. The OpenAPI document takes each operation's scope from
+here too.
+
+Scopes (certd/api/tokens.py): `read` < `aliases` < `admin`, each granting what the ones before
+it grant. HEAD is GET (aiohttp registers it with every GET route)."""
+
+from __future__ import annotations
+
+PUBLIC = "public"  # no token at all
+
+ROUTES: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/metrics"): "read",  # PUBLIC when api.metrics_auth is false
+    ("GET", "/api/v1/openapi.json"): "read",
+    ("GET", "/api/v1/alerts"): "read",
+    ("GET", "/api/v1/certificates"): "read",
+    ("GET", "/api/v1/certificates/{name}"): "read",
+    ("POST", "/api/v1/certificates/{name}/renew"): "admin",
+    ("POST", "/api/v1/certificates/{name}/deploy"): "admin",
+    ("GET", "/api/v1/domains"): "read",
+    ("GET", "/api/v1/domains/{domain}"): "read",
+    ("POST", "/api/v1/domains"): "aliases",
+    ("DELETE", "/api/v1/domains/{domain}"): "aliases",  # ?revoke=true too: the alias's own
+}
+
+
+def needed(method: str, route: str) -> str | None:
+    """The scope (or PUBLIC) that `method` on the route template `route` needs; None if the
+    table has no entry (then nobody may call it)."""
+    return ROUTES.get(("GET" if method == "HEAD" else method, route))
