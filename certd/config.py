@@ -5,6 +5,7 @@ Knows nothing of I/O beyond reading the one file, and nothing of aiohttp.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import string
@@ -34,6 +35,18 @@ KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhms])\s*$")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
+_URL = re.compile(r"https?://[^\s/\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*")
+# a bare address, as the SMTP envelope and the ACME account take it: no display name, no
+# whitespace, no second address (so no header or recipient injection)
+_MAILBOX = re.compile(r"[^@\s<>,;:\"\x00-\x1f\x7f]+@[^@\s<>,;:\"\x00-\x1f\x7f]+")  # root@localhost
+_EMAIL = re.compile(r"[^@\s<>,;:\"\x00-\x1f\x7f]+@[^@\s<>,;:\"\x00-\x1f\x7f]+\.[^@\s<>,;:\"\x00-\x1f\x7f]+")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A bad value as an error message quotes it: repr (control and bidi characters escaped),
+    cut to `limit` characters so a hostile or huge value never floods the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -47,13 +60,13 @@ def parse_duration(value: Any) -> timedelta:
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
-        raise ValueError(f"expected a duration like 30d, 6h, 90m or 45s, got {value!r}")
+        raise ValueError(f"expected a duration like 30d, 6h, 90m or 45s, got {_show(value)}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     try:
         return timedelta(seconds=seconds)
     except (OverflowError, ValueError):  # inf, nan, or beyond timedelta's range
-        raise ValueError(f"not a usable duration: {value!r}") from None
+        raise ValueError(f"not a usable duration: {_show(value)}") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -61,13 +74,18 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 def _check_template(value: str) -> str:
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)
+                 if f is not None]
     except ValueError as exc:
         raise ValueError(f"bad template: {exc}") from None
+    if any(spec or conv for _, spec, conv in parts):
+        raise ValueError("placeholders take no conversion or format spec: write {node}, "
+                         "{address} or {certificate}")
+    fields = {f for f, _, _ in parts}
     unknown = fields - TEMPLATE_FIELDS
     if unknown:
         raise ValueError(
-            f"unknown placeholder {{{sorted(unknown)[0]}}}; allowed: "
+            f"unknown placeholder {_show('{' + sorted(unknown)[0] + '}')}; allowed: "
             + ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
         )
     return value
@@ -90,8 +108,9 @@ Slug = Annotated[str, AfterValidator(_check_slug)]
 
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if (not sep or not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]+", host)
+            or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536):
+        raise ValueError(f"expected HOST:PORT, got {_show(value)}")
     return value
 
 
@@ -108,8 +127,16 @@ class _Model(BaseModel):
 
 
 class Eab(_Model):
-    kid: str = Field(min_length=1)
+    kid: str = Field(min_length=1, max_length=1024, pattern=r"^[\x21-\x7e]+$")
     hmac_key: str = Field(min_length=1, repr=False)
+
+    @field_validator("hmac_key")
+    @classmethod
+    def _base64url(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{2,1024}={0,2}", v) or len(v.rstrip("=")) % 4 == 1:
+            raise ValueError("must be the base64url key the CA gave (not quoted here: it is "
+                             "a secret)")
+        return v
 
 
 class AcmeConfig(_Model):
@@ -127,25 +154,37 @@ class AcmeConfig(_Model):
     @field_validator("directory")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http(s) URL")
+        if not _URL.fullmatch(v):
+            raise ValueError("must be an http(s) URL (no spaces or control characters)")
         return v
 
     @field_validator("email")
     @classmethod
     def _email(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[^@\s:]+@[^@\s:]+\.[^@\s:]+$", v):
-            raise ValueError(f"not an e-mail address: {v!r}")
+        if v is not None and not _EMAIL.fullmatch(v):
+            raise ValueError(f"not an e-mail address: {_show(v)}")
         return v
+
+
+class ListenerLimits(_Model):
+    """What one listener grants a client: both listeners face untrusted peers."""
+
+    # open connections at once; past this, a new one is closed at once (keep the sum of both
+    # listeners under the process's file limit: systemd's default soft limit is 1,024)
+    max_connections: int = Field(default=512, ge=1, le=100_000)
+    header_timeout: Duration = timedelta(seconds=10)  # to send the request line and headers
+    idle_timeout: Duration = timedelta(seconds=15)  # a kept-alive connection with no request
 
 
 class ChallengeConfig(_Model):
     listen: Listen = "127.0.0.1:8402"
     ttl: Duration = timedelta(hours=1)  # a published key authorization is dropped after this
+    limits: ListenerLimits = ListenerLimits()
 
 
 class ApiConfig(_Model):
     listen: Listen = "127.0.0.1:8403"
+    limits: ListenerLimits = ListenerLimits(max_connections=256)
     tokens_file: Path | None = None  # default: <state_dir>/api-tokens, created if missing
     metrics_auth: bool = True  # /metrics wants a bearer token too (it names every domain)
 
@@ -159,8 +198,8 @@ class NodeConfig(_Model):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", v):
-            raise ValueError(f"not a host name or IP address: {v!r}")
+        if not re.fullmatch(r"[A-Za-z0-9.:\[\]][A-Za-z0-9.:\[\]-]*", v):
+            raise ValueError(f"not a host name or IP address: {_show(v)}")
         return v
 
 
@@ -194,8 +233,8 @@ class SaltDeployerConfig(_DeployerBase):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http(s) URL")
+        if not _URL.fullmatch(v):
+            raise ValueError("must be an http(s) URL (no spaces or control characters)")
         return v.rstrip("/")
 
 
@@ -231,7 +270,7 @@ def _domain(value: str) -> str:
     try:
         return names.normalise(value)
     except names.NameRejected as exc:
-        raise ValueError(f"{value!r}: {exc}") from None
+        raise ValueError(f"{_show(value)}: {exc}") from None
 
 
 class CertificateConfig(_Model):
@@ -286,6 +325,38 @@ class DomainsConfig(_Model):
     preflight: bool = True  # check HTTP-01 through every node, DNS and CAA before ordering
     resolver: Listen | None = None  # DNS server for preflight (default: the system's)
     validation_port: int = Field(default=80, gt=0, lt=65536)  # where the CA connects
+    # preflight connects only to globally routable unicast addresses (from DNS or redirects),
+    # plus the configured nodes and these networks (a lab: [127.0.0.0/8])
+    preflight_allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list)
+    # TLD labels an alias may end in although the alias policy refuses them (certd/names.py
+    # check_alias): special-use ones (test, local, onion, example: also example.com/.net/.org,
+    # arpa) or ones outside the public suffix list's ICANN section (lan, corp, ...)
+    allow_special_use: list[str] = Field(default_factory=list)
+
+    @field_validator("preflight_allow_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        out = []
+        for item in v:
+            try:
+                out.append(ipaddress.ip_network(str(item), strict=True))
+            except ValueError as exc:
+                raise ValueError(f"{_show(item)}: not a network in CIDR form") from None
+        return out
+
+    @field_validator("allow_special_use")
+    @classmethod
+    def _tlds(cls, v: list[str]) -> list[str]:
+        out = []
+        for tld in v:
+            label = tld.strip().strip(".").lower()
+            if not re.fullmatch(r"[a-z0-9-]{1,63}", label):
+                raise ValueError(f"{_show(tld)}: expected a top-level label like 'test'")
+            out.append(label)
+        return out
 
 
 class EndpointConfig(_Model):
@@ -329,11 +400,21 @@ class WebhookNotifierConfig(_NotifierBase):
     headers: dict[str, str] = Field(default_factory=dict)
     ca_bundle: Path | None = None
 
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}", name):
+                raise ValueError(f"{_show(name)}: not an HTTP header name")
+            if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value) or len(value) > 4096:
+                raise ValueError(f"{name}: the value has control characters or is too long")
+        return v
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http(s) URL")
+        if not _URL.fullmatch(v):
+            raise ValueError("must be an http(s) URL (no spaces or control characters)")
         return v
 
 
@@ -350,6 +431,14 @@ class EmailNotifierConfig(_NotifierBase):
     password_file: Path | None = None
     sender: str = Field(alias="from", min_length=3)
     to: list[str] = Field(min_length=1)
+
+    @field_validator("sender", "to")
+    @classmethod
+    def _addresses(cls, v: str | list[str]) -> str | list[str]:
+        for address in [v] if isinstance(v, str) else v:
+            if not _MAILBOX.fullmatch(address):
+                raise ValueError(f"not a bare e-mail address: {_show(address)}")
+        return v
 
     @model_validator(mode="after")
     def _auth(self) -> EmailNotifierConfig:
@@ -375,6 +464,16 @@ class AlertsConfig(_Model):
     notifiers: list[NotifierConfig] = Field(default_factory=lambda: [LogNotifierConfig(type="log")])
 
 
+class EventsConfig(_Model):
+    retention: Duration = timedelta(days=90)  # older events are deleted (the audit trail)
+
+
+class RetentionConfig(_Model):
+    # a superseded certificate's private key is wiped from the store this long after its
+    # successor was issued (nodes keep their own previous set for rollback); 0s: at once
+    previous_keys: Duration = timedelta(days=7)
+
+
 class Config(_Model):
     state_dir: Path = Path("/var/lib/certd")
     storage: str | None = None
@@ -386,6 +485,8 @@ class Config(_Model):
     domains: DomainsConfig = DomainsConfig()
     monitor: MonitorConfig = MonitorConfig()
     alerts: AlertsConfig = AlertsConfig()
+    events: EventsConfig = EventsConfig()
+    retention: RetentionConfig = RetentionConfig()
     frontends: dict[Slug, FrontendConfig] = Field(default_factory=dict)
     certificates: list[CertificateConfig] = Field(default_factory=list)
 
@@ -408,11 +509,12 @@ class Config(_Model):
                 if group not in self.frontends:
                     known = ", ".join(sorted(self.frontends)) or "none defined"
                     problems.append(
-                        f"certificates[{i}].frontends[{j}]: unknown frontend {group!r} ({known})"
+                        f"certificates[{i}].frontends[{j}]: unknown frontend {_show(group)} "
+                        f"({known})"
                     )
         for j, group in enumerate(self.domains.default_frontends):
             if group not in self.frontends:
-                problems.append(f"domains.default_frontends[{j}]: unknown frontend {group!r}")
+                problems.append(f"domains.default_frontends[{j}]: unknown frontend {_show(group)}")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -440,7 +542,10 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not text.isprintable() or len(text) > 64 or not text:
+                text = _show(text)
+            out += ("." if out else "") + text
     return out
 
 
@@ -460,7 +565,7 @@ def _problems(exc: ValidationError) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             loc = loc + ("type",)
-            msg = (f"unknown type {err['ctx']['tag']!r}; expected one of "
+            msg = (f"unknown type {_show(err['ctx']['tag'])}; expected one of "
                    f"{err['ctx']['expected_tags']}")
         elif err["type"] == "union_tag_not_found":
             loc = loc + ("type",)
@@ -476,11 +581,34 @@ def _problems(exc: ValidationError) -> list[str]:
     return problems
 
 
+def _nul_bytes(data: Any) -> list[str]:
+    """Key paths of strings (keys or values) holding a NUL byte: no path, name or command can
+    (the OS refuses them, deep inside a deploy). Iterative: YAML may nest deep or loop."""
+    problems: list[str] = []
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
+    seen: set[int] = set()
+    while stack and len(problems) < 10:
+        loc, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                problems.append(f"{format_loc(loc) or 'top level'}: contains a NUL byte")
+        elif isinstance(value, (dict, list)) and id(value) not in seen and len(loc) < 100:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and "\x00" in key:
+                    problems.append(f"{format_loc(loc + (key,))}: the key contains a NUL byte")
+                stack.append((loc + (key if isinstance(key, (int, str)) else repr(key),), item))
+    return problems
+
+
 def parse(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, ["top level: expected a mapping of keys"])
+    if problems := _nul_bytes(data):
+        raise ConfigError(source, problems)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -500,13 +628,40 @@ def load(path: Path | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read: {exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # safe_load, refusing repeated keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        problem = "".join(c if c.isprintable() else " " for c in problem)[:200]
         raise ConfigError(str(path), [f"{where}invalid YAML: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError(str(path), ["invalid YAML: nested too deeply"]) from None
+    except ValueError:  # PyYAML's int(): a number past Python's 4,300-digit limit
+        raise ConfigError(str(path), ["invalid YAML: a number too long to read"]) from None
     return parse(data, str(path))
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error
+    (YAML says keys are unique; PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges; explicit keys may override merged ones
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"key {_show(key)} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def render(template: str, *, node: str, address: str, certificate: str) -> str:

@@ -34,7 +34,10 @@ def lab_config_data(lab: Lab, state_dir: Path, certificates: list[dict],
         "challenge": {"listen": lab.challenge_listen},
         # aliases' preflight: the lab's DNS, the load balancer as the CA's port 80
         "domains": {"resolver": f"127.0.0.1:{lab.challtestsrv.dns_port}",
-                    "validation_port": lab.http_port},
+                    "validation_port": lab.http_port,
+                    # the lab's "Internet" is loopback, its names end in .test/.example
+                    "preflight_allow_networks": ["127.0.0.0/8"],
+                    "allow_special_use": ["test", "example"]},
         "api": {"listen": f"127.0.0.1:{free_port()}"},
         "frontends": {
             "web": {
