@@ -11,7 +11,7 @@ from datetime import datetime
 
 from certd import verify
 from certd.config import Config, FrontendConfig
-from certd.deployers.base import Deployer, DeployResult, Target
+from certd.deployers.base import LEFT_ALONE, Deployer, DeployResult, Target
 from certd.model import (
     CertificateSpec,
     Deployment,
@@ -24,7 +24,8 @@ from certd.store.base import Store
 
 log = logging.getLogger(__name__)
 
-CRITICAL_KINDS = ("host_key",)  # a changed host key may be an attack: page someone
+# a changed host key, a symlink planted where keys go: may be an attack, page someone
+CRITICAL_KINDS = ("host_key", "refused")
 
 
 def targets(config: Config, spec: CertificateSpec) -> list[Target]:
@@ -69,23 +70,49 @@ class Rollout:
         return [r for results in groups for r in results]
 
     async def remove(self, spec: CertificateSpec, chosen: list[Target]) -> list[DeployResult]:
-        """Delete the certificate's files from the nodes (all groups at once) and reload."""
+        """Delete the certificate's files from the nodes (all groups at once) and reload.
+
+        Only nodes the store says certd deployed to (a deployment recorded for this
+        certificate, not already removed) are touched; the others get nothing removed and
+        no reload, reported as "nothing deployed by certd here". On a touched node the
+        deployer still removes only what carries certd's marker (deployers/layout.py)."""
+        held = await self._deployed(chosen)
+        skipped = [DeployResult(t, True, f"{self.deployers[t.frontend].kind}[{t.node}]: "
+                                f"nothing deployed by certd here; {t.path} left alone")
+                   for t in chosen if (t.certificate, t.frontend, t.node) not in held]
         by_group: dict[str, list[Target]] = {}
         for t in chosen:
-            by_group.setdefault(t.frontend, []).append(t)
+            if (t.certificate, t.frontend, t.node) in held:
+                by_group.setdefault(t.frontend, []).append(t)
         groups = await asyncio.gather(*(self.deployers[g].remove(ts)
                                         for g, ts in by_group.items()))
-        results = [r for rs in groups for r in rs]
-        for r in results:
+        done = {r.target: r for rs in groups for r in rs}
+        for r in skipped:
+            await self.store.add_event(Event(
+                "remove.ok", r.message, Severity.INFO, certificate=r.target.certificate,
+                node=r.target.node, data={"frontend": r.target.frontend}))
+        for r in done.values():
             t = r.target
             await self.store.put_deployment(Deployment(
                 t.certificate, t.frontend, t.node, "",
                 DeployStatus.REMOVED if r.ok else DeployStatus.FAILED, r.message, self.clock()))
+            severity = (Severity.ERROR if not r.ok else
+                        Severity.WARNING if r.kind == LEFT_ALONE else Severity.INFO)
             await self.store.add_event(Event(
-                "remove.ok" if r.ok else "remove.failed", r.message,
-                Severity.INFO if r.ok else Severity.ERROR, certificate=t.certificate,
-                node=t.node, data={"frontend": t.frontend}))
-        return results
+                "remove.ok" if r.ok else "remove.failed", r.message, severity,
+                certificate=t.certificate, node=t.node, data={"frontend": t.frontend}))
+        skipped_by = {r.target: r for r in skipped}
+        return [done.get(t) or skipped_by[t] for t in chosen]
+
+    async def _deployed(self, chosen: list[Target]) -> set[tuple[str, str, str]]:
+        """(certificate, frontend, node) where certd placed files that are not yet removed
+        (a failed deploy counts: it may have written part of a set)."""
+        held: set[tuple[str, str, str]] = set()
+        for name in {t.certificate for t in chosen}:
+            held |= {(d.certificate, d.frontend, d.node)
+                     for d in await self.store.deployments(name)
+                     if d.status != DeployStatus.REMOVED}
+        return held
 
     async def _group(self, spec: CertificateSpec, cert: IssuedCertificate, group: str,
                      chosen: list[Target]) -> list[DeployResult]:

@@ -138,3 +138,88 @@ async def test_preflight_failure_sends_nothing_to_the_ca(lab, tmp_path, breakage
     assert ("CAA" in body["last_error"]) == (breakage == "caa")
     assert body["next_attempt_at"] is not None
     assert lab.pebble.count_new_orders() == orders  # nothing reached the CA
+
+
+def test_delete_leaves_operator_files_at_the_alias_path(lab, tmp_path):
+    """Issue 10 finding 2, against a running daemon: an alias whose rendered path names an
+    operator's directory (think `conf.d`) or file (`openssl.cnf`) on every node, never deployed
+    by certd (its preflight fails), is added and deleted through the API; every node keeps
+    the operator's files, nothing is reloaded, and the alias is forgotten."""
+    import aiohttp
+
+    from tests.certd_lab import Daemon, write_config
+
+    directory, file = "conf.d.test", "openssl.cnf.test"  # names the policy accepts
+    operator = {}
+    for node in lab.nodes:
+        conf = lab.cert_dir(node.name, directory)
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "site.conf").write_text(f"# {node.name}'s own config\n")
+        cnf = lab.cert_dir(node.name, file)
+        cnf.write_text("[req]\ndistinguished_name = dn\n")
+        operator[conf / "site.conf"] = (conf / "site.conf").read_text()
+        operator[cnf] = cnf.read_text()
+    data = lab_config_data(lab, tmp_path / "state", [])
+    data["domains"]["default_frontends"] = ["web"]
+    data["api"]["tokens_file"] = str(tmp_path / "tokens")
+    (tmp_path / "tokens").write_text(f"platform {TOKEN}\n")
+    api_url = f"http://{data['api']['listen']}/api/v1/domains"
+
+    def reloads(node: str) -> int:
+        return sum("SIGHUP" in line for line in lab.error_log(node))
+
+    reloads_before = {n.name: reloads(n.name) for n in lab.nodes}
+    for name in (directory, file):
+        lab.add_a(name, "127.0.0.9")  # nothing serves there: preflight fails, nothing issued
+    daemon = Daemon(write_config(tmp_path / "c.yaml", data), tmp_path / "certd.log")
+
+    async def drive():
+        async with aiohttp.ClientSession(headers=H) as http:
+            async def until(name, predicate):
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    async with http.get(f"{api_url}/{name}") as resp:
+                        body = await resp.json() if resp.status == 200 else {}
+                        if predicate(resp.status, body):
+                            return body
+                    await asyncio.sleep(0.2)
+                raise AssertionError(f"{name}: last answer {resp.status} {body}")
+
+            for name in (directory, file):
+                async with http.post(api_url, json={"domain": name}) as resp:
+                    assert resp.status == 202, await resp.text()
+                await until(name, lambda s, b: b.get("status") == "failed")
+            for name in (directory, file):
+                async with http.delete(f"{api_url}/{name}") as resp:
+                    assert resp.status == 202, await resp.text()
+                await until(name, lambda s, b: s == 404)
+
+    try:
+        daemon.wait_log("api listening")
+        asyncio.run(drive())
+    finally:
+        for name in (directory, file):
+            lab.clear_a(name)
+        assert daemon.stop() == 0
+    for path, content in operator.items():
+        assert path.read_text() == content, f"{path} changed"
+    for node in lab.nodes:
+        assert lab.cert_dir(node.name, directory).is_dir()
+        assert not lab.cert_dir(node.name, directory).is_symlink()
+        assert reloads(node.name) == reloads_before[node.name]
+    events = asyncio.run(_events(tmp_path / "state", directory))
+    removed = [e.message for e in events if e.kind == "remove.ok"]
+    assert sorted(removed) == sorted(f"file[{n.name}]: nothing deployed by certd here; "
+                                     f"{lab.cert_dir(n.name, directory)} left alone"
+                                     for n in lab.nodes)
+
+
+async def _events(state_dir, name):
+    from certd.store.sqlite import SqliteStore
+
+    store = SqliteStore(state_dir / "certd.db")
+    await store.open()
+    try:
+        return await store.events(certificate=name)
+    finally:
+        await store.close()

@@ -95,3 +95,76 @@ async def test_bad_password_fails_cleanly(lab, salt_lab, tmp_path):
     assert all("login as" in r.message and "refused" in r.message for r in results.values())
     assert len(events) == 2
     assert not lab.cert_dir("fe1", "badpw").exists()
+
+
+
+# --- issue 10: removal touches only certd's files; a planted symlink is refused ---------------
+
+def _deployer(cfg, name):
+    from certd import deployers
+    from certd.model import CertificateSpec
+    from certd.rollout import targets
+
+    spec = CertificateSpec(name, (f"{name}.test",), ("web",))
+    return deployers.build(cfg.frontends["web"].deployer), targets(cfg, spec)
+
+
+async def test_salt_remove_leaves_operator_files_alone(lab, salt_lab, tmp_path):
+    """fe1: an operator's directory at the path; fe2: a file. Never certd's: the minions'
+    removal script leaves both alone and does not reload."""
+    from certd.deployers.base import LEFT_ALONE
+
+    cfg = salt_config(lab, salt_lab, tmp_path, "saltop")
+    deployer, chosen = _deployer(cfg, "saltop")
+    lab.cert_dir("fe1", "saltop").mkdir(parents=True, exist_ok=True)
+    (lab.cert_dir("fe1", "saltop") / "site.conf").write_text("fe1's\n")
+    lab.cert_dir("fe2", "saltop").write_text("[req]\n")
+
+    def hups(node):
+        return sum("SIGHUP" in line for line in lab.error_log(node))
+
+    before = {n.name: hups(n.name) for n in lab.nodes}
+    try:
+        results = {r.target.node: r for r in await deployer.remove(chosen)}
+    finally:
+        await deployer.close()
+    assert all(r.ok and r.kind == LEFT_ALONE for r in results.values()), results
+    where = f"{salt_lab.node_root}/certs/saltop"
+    assert results["fe1"].message == (f"salt[fe1]: nothing of certd's at {where}; "
+                                      f"left alone: {where} is a directory certd did not make")
+    assert "is a file certd did not make" in results["fe2"].message
+    assert (lab.cert_dir("fe1", "saltop") / "site.conf").read_text() == "fe1's\n"
+    assert lab.cert_dir("fe2", "saltop").read_text() == "[req]\n"
+    assert {n.name: hups(n.name) for n in lab.nodes} == before
+
+
+async def test_salt_refuses_a_symlinked_versions_dir(lab, salt_lab, tmp_path):
+    """`.saltplant.d -> ../victim` on fe1: the guard state fails before any file.managed
+    runs, so nothing lands in the victim; fe2 deploys."""
+    import os
+
+    from tests.test_deploy_file import issued
+
+    cfg = salt_config(lab, salt_lab, tmp_path, "saltplant")
+    deployer, chosen = _deployer(cfg, "saltplant")
+    certs = lab.cert_dir("fe1", "saltplant").parent
+    victim = certs.parent / "victim-saltplant"
+    victim.mkdir(exist_ok=True)
+    victim.chmod(0o755)
+    (victim / "precious.txt").write_text("do not touch\n")
+    (certs / ".saltplant.d").symlink_to("../victim-saltplant")
+    try:
+        results = {r.target.node: r for r in
+                   await deployer.deploy(chosen, issued("saltplant", "saltplant.test"))}
+    finally:
+        await deployer.close()
+        (certs / ".saltplant.d").unlink()
+    assert not results["fe1"].ok and results["fe1"].kind == "refused", results["fe1"]
+    assert results["fe1"].message == (
+        f"salt[fe1]: {salt_lab.node_root}/certs/.saltplant.d is a symlink; "
+        "refusing to write keys through it")
+    assert os.listdir(victim) == ["precious.txt"] and victim.stat().st_mode & 0o777 == 0o755
+    assert not lab.cert_dir("fe1", "saltplant").exists()
+    assert results["fe2"].ok, results["fe2"].message
+    assert (lab.cert_dir("fe2", "saltplant").parent / ".saltplant.d" / ".certd").read_text() \
+        == "managed by certd; certificate saltplant\n"

@@ -132,3 +132,71 @@ async def test_failing_canary_leaves_the_others_untouched(lab, ssh_nodes, tmp_pa
     versions = lab.cert_dir("fe2", "canary").parent / ".canary.d"
     assert new.serial not in {p.name for p in versions.iterdir()}
     assert stopped and stopped[0].data["untouched"] == ["fe2"]
+
+
+
+# --- issue 10: removal touches only certd's files; a planted symlink is refused ---------------
+
+def _deployer(cfg, name):
+    from certd import deployers
+    from certd.model import CertificateSpec
+    from certd.rollout import targets
+
+    spec = CertificateSpec(name, (f"{name}.test",), ("web",))
+    return deployers.build(cfg.frontends["web"].deployer), targets(cfg, spec)
+
+
+async def test_ssh_remove_leaves_operator_files_alone(lab, ssh_nodes, tmp_path):
+    """fe1 holds an operator's directory at the path, fe2 a symlink to one: certd never
+    deployed there, so removal over SFTP leaves both (and what they point at) alone."""
+    from certd.deployers.base import LEFT_ALONE
+
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "opfiles")
+    deployer, chosen = _deployer(cfg, "opfiles")
+    for node in lab.nodes:
+        own = lab.cert_dir(node.name, "opfiles-own")
+        own.mkdir(parents=True, exist_ok=True)
+        (own / "site.conf").write_text(f"{node.name}'s\n")
+    lab.cert_dir("fe1", "opfiles").mkdir(exist_ok=True)
+    (lab.cert_dir("fe1", "opfiles") / "site.conf").write_text("fe1's\n")
+    lab.cert_dir("fe2", "opfiles").symlink_to("opfiles-own")
+    try:
+        results = {r.target.node: r for r in await deployer.remove(chosen)}
+    finally:
+        await deployer.close()
+    assert all(r.ok and r.kind == LEFT_ALONE for r in results.values()), results
+    assert "is a directory certd did not make" in results["fe1"].message
+    assert "is a symlink certd did not make" in results["fe2"].message
+    assert (lab.cert_dir("fe1", "opfiles") / "site.conf").read_text() == "fe1's\n"
+    assert lab.cert_dir("fe2", "opfiles").is_symlink()
+    for node in lab.nodes:
+        assert (lab.cert_dir(node.name, "opfiles-own") / "site.conf").read_text() == \
+            f"{node.name}'s\n"
+
+
+async def test_ssh_refuses_a_symlinked_versions_dir(lab, ssh_nodes, tmp_path):
+    """`.planted.d -> ../victim` on fe1: refused before anything is written; fe2 deploys."""
+    import os
+
+    from tests.test_deploy_file import issued
+
+    cfg = ssh_config(lab, ssh_nodes, tmp_path, "planted")
+    deployer, chosen = _deployer(cfg, "planted")
+    certs = lab.cert_dir("fe1", "planted").parent
+    victim = certs.parent / "victim-planted"
+    victim.mkdir(exist_ok=True)
+    victim.chmod(0o755)
+    (victim / "precious.txt").write_text("do not touch\n")
+    (certs / ".planted.d").symlink_to("../victim-planted")
+    try:
+        results = {r.target.node: r for r in
+                   await deployer.deploy(chosen, issued("planted", "planted.test"))}
+    finally:
+        await deployer.close()
+        (certs / ".planted.d").unlink()
+    assert not results["fe1"].ok and results["fe1"].kind == "refused"
+    assert results["fe1"].message == (f"ssh[fe1]: {certs}/.planted.d is a symlink; "
+                                      "refusing to write keys through it")
+    assert os.listdir(victim) == ["precious.txt"] and victim.stat().st_mode & 0o777 == 0o755
+    assert not lab.cert_dir("fe1", "planted").exists()
+    assert results["fe2"].ok, results["fe2"].message

@@ -85,7 +85,20 @@ class DeployResult:
     message: str
     rolled_back: bool = False
     output: str = ""
-    kind: str = ""  # what failed: host_key, auth, unreachable, write, check, reload, verify
+    # what failed: host_key, auth, unreachable, write, refused, check, reload, verify; or,
+    # with ok=True, LEFT_ALONE: a removal that found things at the path certd did not make
+    kind: str = ""
+
+
+LEFT_ALONE = "left_alone"
+
+
+def removal_message(where: str, path: str, removed: list[str], left: list[str]) -> str:
+    """`file[fe1]: removed P, .P.d` / `...: nothing of certd's at P`, then `; left alone: ...`
+    for each thing at the path that was not certd's."""
+    head = (f"{where}: removed {', '.join(removed)}" if removed
+            else f"{where}: nothing of certd's at {path}")
+    return head + "".join(f"; left alone: {note}" for note in left)
 
 
 class Deployer(Protocol):
@@ -99,7 +112,11 @@ class Deployer(Protocol):
     - Files are placed atomically: a reader sees the old complete set or the new one.
     - Safe to call concurrently for different certificates; callers serialise per certificate.
     - `roll_back` points nodes back at the set before the last deploy and reloads them (after a
-      failed verification); `remove` deletes the certificate's files and reloads.
+      failed verification); `remove` deletes what certd placed for the certificate (its
+      marked versioned layout, never anything else at `path`: that is left alone and named
+      in the message, ok=True, kind=LEFT_ALONE) and reloads if it removed something.
+    - A symlink where the deployer expects its own directory or file is refused before
+      anything is written (ok=False, kind='refused'); nothing is written through it.
     - `close` releases connections; the deployer may be used again afterwards.
     """
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from certd import failpoints
 from certd.deployers import layout
-from certd.deployers.base import DeployResult, Target, file_set
+from certd.deployers.base import LEFT_ALONE, DeployResult, Target, file_set, removal_message
 from certd.deployers.layout import NodeFS
 from certd.deployers.local import CommandResult
 from certd.errors import DeployError
@@ -63,7 +63,10 @@ class NodeDeployer:
         fs, run = await self.node(target)
         where = self._where(target)
         try:
-            was = await layout.place(fs, target.path, cert.serial, file_set(cert))
+            was = await layout.place(fs, target.path, cert.serial, file_set(cert),
+                                     target.certificate)
+        except layout.Refused as exc:
+            return DeployResult(target, False, f"{where}: {exc}", kind=exc.kind)
         except OSError as exc:
             return DeployResult(target, False, f"{where}: write {target.path}: {exc}",
                                 kind="write")
@@ -103,11 +106,17 @@ class NodeDeployer:
         return DeployResult(target, True, f"{where}: rolled back to {version}", True, output)
 
     async def _remove(self, target: Target) -> DeployResult:
+        """Remove what certd placed at the target's path (see layout.remove), reloading only
+        if something was removed; what was left alone is named in the message."""
         fs, run = await self.node(target)
-        await layout.remove(fs, target.path)
-        if target.reload:
+        where = self._where(target)
+        done = await layout.remove(fs, target.path)
+        message = removal_message(where, target.path, done.removed, done.left)
+        if done.removed and target.reload:
             result = await run(target.reload, target.timeout)
             if not result.ok:
-                return DeployResult(target, False, f"{self._where(target)}: removed, reload: "
-                                    f"{result.describe()}", output=result.output)
-        return DeployResult(target, True, f"{self._where(target)}: removed {target.path}")
+                return DeployResult(target, False, f"{message}; reload: {result.describe()}",
+                                    output=result.output, kind="reload")
+            return DeployResult(target, True, message, output=result.output,
+                                kind=LEFT_ALONE if done.left else "")
+        return DeployResult(target, True, message, kind=LEFT_ALONE if done.left else "")

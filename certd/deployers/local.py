@@ -10,6 +10,8 @@ import shutil
 import signal
 from dataclasses import dataclass
 
+from certd.deployers.layout import Refused
+
 OUTPUT_LIMIT = 8192
 
 
@@ -51,12 +53,32 @@ class LocalFS:
 
 
 def _mkdir(path: str, mode: int) -> None:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, mode)
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent:  # the parents are the operator's: followed as they are
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    try:  # the last component is certd's: opened without following, chmodded through the fd
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise Refused(f"{path} is a symlink; refusing to write keys through it") from None
+        raise exc
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _write(path: str, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:  # a new name only: a planted symlink (even dangling) is never followed
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        if os.path.islink(path):
+            raise Refused(f"{path} is a symlink; refusing to write keys through it") from None
+        raise
     try:
         os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
         os.write(fd, data)
@@ -75,10 +97,15 @@ def _kind(path: str) -> str | None:
 
 def _rmtree(path: str) -> None:
     kind = _kind(path)
-    if kind == "dir":
-        shutil.rmtree(path, ignore_errors=True)
+    if kind == "dir":  # shutil's fd-based walk: links inside are unlinked, never followed
+        shutil.rmtree(path, onerror=_vanished_ok)
     elif kind is not None:
-        os.unlink(path)
+        os.unlink(path)  # a link: the link itself
+
+
+def _vanished_ok(function, path, exc_info) -> None:
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 def _fsync_dir(path: str) -> None:

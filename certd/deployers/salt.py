@@ -20,7 +20,15 @@ from typing import Any
 import aiohttp
 
 from certd.config import SaltDeployerConfig
-from certd.deployers.base import DeployResult, Target, file_set
+from certd.deployers.base import (
+    LEFT_ALONE,
+    DeployResult,
+    PemFile,
+    Target,
+    file_set,
+    removal_message,
+)
+from certd.deployers.layout import MARKER, PREVIOUS, marker_text
 from certd.errors import DeployError
 from certd.httputil import BodyTooLarge, read_limited
 from certd.model import IssuedCertificate
@@ -36,7 +44,7 @@ def _paths(path: str) -> tuple[str, str, str]:
 
 def switch_script(path: str, serial: str) -> str:
     """Point P at version `serial`, remembering the old one as .previous; adopt a plain
-    directory as 'legacy'; prune all but the two."""
+    directory as 'legacy' (kept: given back at removal); prune the rest but the two."""
     parent, name, v = (shlex.quote(x) for x in _paths(path))
     s = shlex.quote(serial)
     return (
@@ -48,7 +56,8 @@ def switch_script(path: str, serial: str) -> str:
         f"ln -sfn {v}/{s} {name}.tmp && mv -Tf {name}.tmp {name}; "
         f"prev=$(readlink {v}/.previous || true); "
         f"for d in {v}/*; do b=$(basename \"$d\"); "
-        f"[ \"$b\" = {s} ] || [ \"$b\" = \"$prev\" ] || rm -rf \"$d\"; done"
+        f"[ \"$b\" = {s} ] || [ \"$b\" = \"$prev\" ] || [ \"$b\" = legacy ] || rm -rf \"$d\"; "
+        "done"
     )
 
 
@@ -60,9 +69,68 @@ def rollback_script(path: str) -> str:
     )
 
 
-def remove_script(path: str) -> str:
-    parent, name, v = (shlex.quote(x) for x in _paths(path))
-    return f"cd {parent} && rm -rf {name} {v}"
+def guard_script(path: str, serial: str) -> str:
+    """Refuse (exit 1, one line on stderr) if .NAME.d, the version directory, the marker or
+    any entry of the version directory is a symlink, or a directory is something else: the
+    file states require this one, so nothing is written through a planted link. `find -P`
+    and `[ -L ]` never follow links. A missing parent is fine (makedirs creates it)."""
+    parent, _, v = _paths(path)
+    p, vd, sd = (shlex.quote(x) for x in (parent, v, f"{v}/{serial}"))
+    say = "printf '%s/%s %s\\n' " + p  # stderr: 'PARENT/ENTRY is a symlink; refusing ...'
+    link = "'is a symlink; refusing to write keys through it'"
+    return (
+        f"cd {p} 2>/dev/null || exit 0; "
+        f"for d in {vd} {sd} {vd}/{MARKER}; do "
+        f"if [ -L \"$d\" ]; then {say} \"$d\" {link} >&2; exit 1; fi; done; "
+        f"for d in {vd} {sd}; do if [ -e \"$d\" ] && [ ! -d \"$d\" ]; then "
+        f"{say} \"$d\" 'is not a directory; refusing to write keys there' >&2; exit 1; fi; "
+        "done; "
+        f"if [ -d {sd} ] && [ -n \"$(find -P {sd} -mindepth 1 -maxdepth 1 -type l)\" ]; then "
+        f"{say} {sd} 'holds a symlink; refusing to write keys through it' >&2; exit 1; fi"
+    )
+
+
+def remove_script(path: str, reload: str | None = None) -> str:
+    """The rule of layout.remove, as shell: .NAME.d is removed only if it is a real directory
+    holding the marker (or, placed before the marker, has certd's shape: P links to
+    `.NAME.d/<dir>`, only directories, .tmp-* and the .previous link inside); P only if it
+    is a symlink into that .NAME.d. Prints `certd: removed X` and `certd: left alone: X ...`
+    lines; runs `reload` only if something was removed."""
+    parent, name, v = _paths(path)
+    p, n, d = shlex.quote(parent), shlex.quote(name), shlex.quote(v)
+    full = shlex.quote(posixpath.join(parent, name))
+    vfull = shlex.quote(posixpath.join(parent, v))
+    into = f"{d}/?*"  # a case pattern: `.NAME.d/<something>`, checked for a further / below
+    return (
+        f"cd {p} 2>/dev/null || {{ echo certd: nothing at {p}; exit 0; }}; "
+        "mine=no; why=''; removed=''; "
+        f"t=$(readlink {n} 2>/dev/null || true); cur=''; "
+        f"case \"$t\" in {into}) cur=${{t#{d}/}}; case \"$cur\" in */*|.|..) cur='';; esac;; "
+        "esac; "
+        f"if [ -L {d} ]; then why='is a symlink certd did not make'; "
+        f"elif [ -d {d} ]; then "
+        f"if [ -f {d}/{MARKER} ] && [ ! -L {d}/{MARKER} ]; then mine=yes; "
+        f"elif [ -n \"$cur\" ] && [ -d {d}/\"$cur\" ] && [ ! -L {d}/\"$cur\" ]; then mine=yes; "
+        f"for e in {d}/* {d}/.[!.]* {d}/..?*; do "
+        "[ -e \"$e\" ] || [ -L \"$e\" ] || continue; b=${e##*/}; "
+        "case \"$b\" in .tmp-*) continue;; esac; "
+        f"if [ \"$b\" = {PREVIOUS} ] && [ -L \"$e\" ]; then continue; fi; "
+        "if [ -d \"$e\" ] && [ ! -L \"$e\" ]; then case \"$b\" in .*) mine=no;; esac; "
+        "else mine=no; fi; done; fi; "
+        "[ $mine = yes ] || why=\"has no certd marker and is not certd's layout\"; "
+        f"elif [ -e {d} ]; then why='is a file certd did not make'; fi; "
+        f"if [ -L {n} ] && [ $mine = yes ] && [ -n \"$cur\" ]; then rm -f {n}; "
+        f"echo certd: removed {full}; removed=yes; "
+        f"elif [ -L {n} ]; then echo certd: left alone: {full} is a symlink certd did not make; "
+        f"elif [ -d {n} ]; then echo certd: left alone: {full} is a directory certd did not make; "
+        f"elif [ -e {n} ]; then echo certd: left alone: {full} is a file certd did not make; fi; "
+        f"if [ $mine = yes ] && [ -d {d}/legacy ] && [ ! -L {d}/legacy ] && [ ! -e {n} ] "
+        f"&& [ ! -L {n} ]; then mv {d}/legacy {n}; "
+        f"echo certd: left alone: {full} restored to the set that was there before certd; fi; "
+        f"if [ $mine = yes ]; then rm -rf {d}; echo certd: removed {vfull}; removed=yes; "
+        f"elif [ -n \"$why\" ]; then echo certd: left alone: {vfull} \"$why\"; fi; "
+        + (f"if [ -n \"$removed\" ]; then {reload}; fi" if reload else "true")
+    )
 
 
 def high_data(target: Target, cert: IssuedCertificate) -> dict[str, Any]:
@@ -70,15 +138,20 @@ def high_data(target: Target, cert: IssuedCertificate) -> dict[str, Any]:
     parent, name, v = _paths(target.path)
     version_dir = posixpath.join(parent, v, cert.serial)
     ident = f"certd-{target.certificate}"
-    high: dict[str, Any] = {}
+    guard = [{"cmd": f"{ident}-guard"}]
+    high: dict[str, Any] = {f"{ident}-guard": {"__sls__": "certd", "__env__": "base", "cmd": [
+        "run", {"name": guard_script(target.path, cert.serial)}, {"order": 1}]}}
     files = []
-    for f in file_set(cert):
+    marker = PemFile(MARKER, marker_text(target.certificate), 0o644)
+    for f, where in [*((f, version_dir) for f in file_set(cert)),
+                     (marker, posixpath.join(parent, v))]:
         sid = f"{ident}-{f.name}"
         files.append({"file": sid})
         high[sid] = {"__sls__": "certd", "__env__": "base", "file": [
-            "managed", {"name": posixpath.join(version_dir, f.name)},
+            "managed", {"name": posixpath.join(where, f.name)},
             {"contents": f.content}, {"mode": f"0{f.mode:o}"}, {"makedirs": True},
-            {"dir_mode": "0711"}, {"show_changes": False}, {"order": 1}]}
+            {"dir_mode": "0711"}, {"show_changes": False}, {"order": 1},
+            {"require": guard}]}
     steps = [("switch", switch_script(target.path, cert.serial), files)]
     previous = [{"cmd": f"{ident}-switch"}]
     for step, command in (("check", target.check), ("reload", target.reload)):
@@ -194,8 +267,35 @@ class SaltDeployer:
             b, rollback_script(b[0].path), "rolled back"))
 
     async def remove(self, targets: list[Target]) -> list[DeployResult]:
-        return await self._by_rendering(targets, lambda b: self._commands(
-            b, remove_script(b[0].path), "removed"))
+        return await self._by_rendering(targets, self._remove)
+
+    async def _remove(self, batch: list[Target]) -> list[DeployResult]:
+        script = remove_script(batch[0].path, batch[0].reload)
+        answers = await self.run(self._job(batch, "cmd.run_all", [script]))
+        out = []
+        for t in batch:
+            answer = answers.get(t.minion)
+            ret = answer.get("ret") if isinstance(answer, dict) else None
+            where = f"salt[{t.node}]"
+            if not isinstance(ret, dict):
+                out.append(DeployResult(t, False, f"{where}: minion {t.minion} did not "
+                                        "answer", kind="unreachable"))
+                continue
+            stdout = str(ret.get("stdout", ""))
+            lines = [x[len("certd: "):] for x in stdout.splitlines() if x.startswith("certd: ")]
+            removed = [x[len("removed "):] for x in lines if x.startswith("removed ")]
+            left = [x[len("left alone: "):] for x in lines if x.startswith("left alone: ")]
+            message = removal_message(where, t.path, removed, left)
+            if ret.get("retcode") != 0:
+                stage = "reload" if removed else "remove"
+                out.append(DeployResult(t, False, f"{message}; {stage}: exit "
+                                        f"{ret.get('retcode')}: "
+                                        f"{str(ret.get('stderr', ''))[-200:]}",
+                                        output=stdout, kind=stage))
+            else:
+                out.append(DeployResult(t, True, message, output=stdout,
+                                        kind=LEFT_ALONE if left else ""))
+        return out
 
     async def _commands(self, batch: list[Target], script: str, done: str
                         ) -> list[DeployResult]:
@@ -268,6 +368,13 @@ def _state_result(target: Target, answer: Any, cert: IssuedCertificate) -> Deplo
     if answer.get("retcode") == 0 and not failed:
         return DeployResult(target, True, f"{where}: deployed serial {cert.serial}",
                             output=output)
+    guard = next((st for sid, st in failed.items()
+                  if f"certd-{target.certificate}-guard_|-" in sid), None)
+    if guard is not None:  # a planted symlink: the file states never ran
+        changes = guard.get("changes") if isinstance(guard.get("changes"), dict) else {}
+        said = str(changes.get("stderr") or guard.get("comment", "")).strip().splitlines()
+        return DeployResult(target, False, f"{where}: {(said[-1:] or [''])[0][:300]}",
+                            output=output, kind="refused")
     # the first step that failed on its own (later ones fail on its requisite)
     step, first = "state", next(iter(failed.values()), {})
     for name in ("switch", "check", "reload"):

@@ -15,7 +15,7 @@ import asyncssh
 from certd.config import SshDeployerConfig
 from certd.deployers.base import Target
 from certd.deployers.flow import NodeDeployer, Runner
-from certd.deployers.layout import NodeFS
+from certd.deployers.layout import NodeFS, Refused
 from certd.deployers.local import OUTPUT_LIMIT, CommandResult
 from certd.errors import DeployError
 
@@ -37,7 +37,11 @@ class SshFS:
         try:  # one request in the usual case; makedirs walks every parent
             await self.sftp.mkdir(path, attrs)
         except asyncssh.SFTPFailure:  # OpenSSH says 'Failure' for an existing directory
-            if await self.kind(path) != "dir":
+            kind = await self.kind(path)  # lstat: a symlink is seen as one, never followed
+            if kind == "link":
+                raise Refused(f"{path} is a symlink; refusing to write keys through it"
+                              ) from None
+            if kind != "dir":
                 raise OSError(f"{path} exists and is not a directory") from None
         except asyncssh.SFTPNoSuchFile:
             await _os(self.sftp.makedirs(path, attrs, exist_ok=True))
@@ -45,9 +49,10 @@ class SshFS:
             raise OSError(exc.reason) from None
 
     async def write(self, path: str, data: bytes, mode: int) -> None:
-        # created with `mode`; the server's umask can only narrow it, never widen a key's 0600
+        # created with `mode`; the server's umask can only narrow it, never widen a key's 0600.
+        # 'x' (O_CREAT|O_EXCL): a new name only, so a planted symlink is never followed
         attrs = asyncssh.SFTPAttrs(permissions=mode)
-        async with await _os(self.sftp.open(path, "wb", attrs)) as f:
+        async with await _os(self.sftp.open(path, "xb", attrs)) as f:
             await _os(f.write(data))
             try:
                 await f.fsync()  # fsync@openssh.com
