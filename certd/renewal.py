@@ -7,6 +7,7 @@ expiry (half for lifetimes under 10 days): 30 days for 90-day certificates, 15 f
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,7 +40,9 @@ def plan(cert: IssuedCertificate, *, before_expiry: timedelta | None = None,
     if (ari is not None and ari.serial == cert.serial and ari.renew_at is not None
             and ari.window_start is not None and ari.window_end is not None
             and ari.window_end > ari.window_start):
-        return Plan(ari.renew_at, "ari")
+        # never past expiry, whatever was stored (windows are clamped when fetched, but a
+        # state written by an older certd may hold any date)
+        return Plan(min(ari.renew_at, cert.not_after), "ari")
     if before_expiry is not None:
         return Plan(max(cert.not_before, cert.not_after - before_expiry), "before_expiry")
     return Plan(lifetime_time(cert), "lifetime")
@@ -73,8 +76,9 @@ def backoff(attempts: int, retry_after: float | None = None,
     Retry-After."""
     base = steps[min(max(attempts, 1), len(steps)) - 1]
     delay = base * (rng or random).uniform(0.9, 1.1)
-    if retry_after is not None:
-        delay = max(delay, timedelta(seconds=min(retry_after, MAX_RETRY_AFTER.total_seconds())))
+    if retry_after is not None and not math.isnan(retry_after):  # clamped before timedelta()
+        seconds = min(max(retry_after, 0.0), MAX_RETRY_AFTER.total_seconds())
+        delay = max(delay, timedelta(seconds=seconds))
     return delay
 
 

@@ -1,8 +1,9 @@
 """APScheduler 3.x jobs inside `certd run`: the renewal sweep (every `renewal.sweep_interval`,
 and again at the earliest moment a sweep found something would become due), the deploy
 sync (every `renewal.deploy_sync_interval`), the monitor sweep (every `monitor.interval`,
-the first one shortly after start) and the event forwarder (failures from the event log to
-the notifiers, every EVENTS_INTERVAL). Jobs coalesce, never overlap, and are jittered.
+the first one shortly after start), the event forwarder (failures from the event log to
+the notifiers, every EVENTS_INTERVAL) and retention (old events, superseded keys: at start,
+then daily; certd/retention.py). Jobs coalesce, never overlap, and are jittered.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from certd import retention
 from certd.config import RenewalConfig
 from certd.monitor.events import EventForwarder
 from certd.monitor.runner import Monitor
@@ -26,6 +28,8 @@ WAKE_SLACK = timedelta(seconds=1)  # wake a little after the due moment, not a l
 MIN_GAP = timedelta(seconds=10)  # never sweep again sooner than this after a sweep ends
 FIRST_MONITOR = timedelta(seconds=5)  # after start: let the first renewal sweep go first
 EVENTS_INTERVAL = timedelta(seconds=30)
+RETENTION_INTERVAL = timedelta(days=1)
+FIRST_RETENTION = timedelta(seconds=30)  # after start: the first sweep goes first
 
 
 class Scheduler:
@@ -62,6 +66,10 @@ class Scheduler:
             self._scheduler.add_job(
                 self._events, IntervalTrigger(seconds=EVENTS_INTERVAL.total_seconds()),
                 id="events", next_run_time=now, **common)
+        self._scheduler.add_job(
+            self._retention, IntervalTrigger(seconds=RETENTION_INTERVAL.total_seconds(),
+                                             jitter=600),
+            id="retention", next_run_time=now + FIRST_RETENTION, **common)
         self._scheduler.start()
 
     async def stop(self) -> None:
@@ -104,6 +112,11 @@ class Scheduler:
 
     async def _events(self) -> None:
         await self._tracked(self._guarded("alerts: event forwarder", self.events.forward()))
+
+    async def _retention(self) -> None:
+        certd = self.sweeper.certd
+        await self._tracked(self._guarded(
+            "retention", retention.apply(certd.store, certd.config, certd.clock())))
 
     @staticmethod
     async def _guarded(what: str, coro) -> None:

@@ -133,6 +133,8 @@ class Certd:
             await self._revoke(domain)
         if all(r.ok for r in results):
             await self.store.delete_alias(domain)
+            if self.is_alias(domain):  # gone from every node: its keys go too (issue 10)
+                await self.store.destroy_keys(domain)
         return results
 
     async def _revoke(self, name: str) -> None:
@@ -257,7 +259,8 @@ class Certd:
                 resolver=split_listen(domains.resolver) if domains.resolver else None,
                 ca_identities=self.config.acme.caa_identities,
                 account_uri=self.issuer.client.account_uri,
-                http_port=domains.validation_port)
+                http_port=domains.validation_port,
+                allow_networks=domains.preflight_allow_networks)
             if not result.ok:
                 exc = AcmeError(f"preflight[{domain}]: {result.reason}; nothing sent to the CA",
                                 type="certd:preflight")

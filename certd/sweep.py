@@ -176,7 +176,7 @@ class Sweeper:
                              now + ari.clamp_retry(exc.retry_after, ARI_ERROR_RETRY), None, now)
             await self.store.put_ari(state)
             return state
-        window, retry_after = (None, None) if got is None else (_window(got[0], name), got[1])
+        window, retry_after = (None, None) if got is None else (_window(got[0], name, cert.not_after), got[1])
         renew_at = None
         if window is not None and window.usable:
             same = (previous is not None and previous.window_start == window.start
@@ -201,15 +201,10 @@ class Sweeper:
         return state
 
 
-def _window(doc: dict, name: str) -> ari.Window | None:
+def _window(doc: dict, name: str, not_after: datetime) -> ari.Window | None:
+    """The CA's window (its end pulled back to the certificate's expiry), None if malformed."""
     try:
-        w = doc["suggestedWindow"]
-        start = datetime.fromisoformat(str(w["start"]).replace("Z", "+00:00"))
-        end = datetime.fromisoformat(str(w["end"]).replace("Z", "+00:00"))
-        if start.tzinfo is None or end.tzinfo is None:
-            raise ValueError("times without a timezone")
-    except (KeyError, TypeError, ValueError) as exc:
+        return ari.parse_window(doc, not_after)
+    except AcmeError as exc:
         log.warning("ari[%s]: malformed renewalInfo (%s): ignored", name, exc)
         return None
-    url = doc.get("explanationURL")
-    return ari.Window(start, end, url if isinstance(url, str) else None)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sqlite3
 import stat
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
@@ -474,3 +477,192 @@ async def test_concurrent_lease_race_has_one_winner(tmp_path):
     finally:
         for s in stores:
             await s.close()
+
+
+# --- retention (issue 10): events, counters, private keys ---------------------------------
+
+def pem_body() -> str:
+    """A key-like PEM whose body is unique, to look for in the raw database file."""
+    return base64.b64encode(os.urandom(120)).decode()
+
+
+def keyed(name, serial, issued, body):
+    return replace(cert(name, serial, issued=issued),
+                   key_pem=f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n")
+
+
+async def test_purge_events_keeps_recent_ones_and_the_counters(store):
+    for i in range(10):
+        await store.add_event(Event("issue.ok" if i % 2 else "deploy.ok", f"e{i}",
+                                    at=T0 + timedelta(days=i)))
+    before = await store.event_counts()
+    assert before == {"issue.ok": 5, "deploy.ok": 5}
+    assert await store.purge_events(T0 + timedelta(days=6)) == 6
+    assert [e.message for e in await store.events()] == ["e9", "e8", "e7", "e6"]
+    assert await store.event_counts() == before  # counters never go down
+    assert await store.purge_events(T0 + timedelta(days=6)) == 0  # idempotent
+    # everything is old: the newest stays, so the next id is still above every id handed out
+    last = await store.last_event_id()
+    assert await store.purge_events(T0 + timedelta(days=365)) == 3
+    assert await store.last_event_id() == last
+    await store.add_event(Event("issue.ok", "after", at=T0 + timedelta(days=400)))
+    assert (await store.events(limit=1))[0].id == last + 1
+    assert await store.event_counts() == {"issue.ok": 6, "deploy.ok": 5}
+
+
+async def test_event_counters_follow_inserts_from_any_connection(tmp_path, store):
+    await store.add_event(Event("deploy.failed", "a"))
+    with sqlite3.connect(store.path) as raw:  # another process, plain SQL
+        raw.execute("INSERT INTO events (at, kind, severity, message, data) VALUES "
+                    "('2026-01-01T00:00:00.000000+00:00', 'deploy.failed', 'error', 'b', '{}')")
+    assert await store.event_counts() == {"deploy.failed": 2}
+
+
+async def test_event_counters_are_backfilled_from_an_older_schema(tmp_path):
+    path = tmp_path / "certd.db"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:4]:
+            for statement in script:
+                db.execute(statement)
+        db.execute("PRAGMA user_version=4")
+        db.executemany("INSERT INTO events (at, kind, severity, message, data) "
+                       "VALUES ('2026-01-01T00:00:00.000000+00:00', ?, 'info', 'm', '{}')",
+                       [("issue.ok",)] * 3 + [("deploy.ok",)] * 2)
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        assert await s.event_counts() == {"issue.ok": 3, "deploy.ok": 2}
+        await s.add_event(Event("issue.ok", "new"))
+        assert (await s.event_counts())["issue.ok"] == 4
+    finally:
+        await s.close()
+
+
+async def test_metrics_counters_survive_a_purge(store):
+    from certd.metrics import Sources, render
+
+    for i, kind in enumerate(["issue.ok", "issue.ok", "issue.failed", "deploy.ok",
+                              "deploy.failed", "deploy.ok"]):
+        await store.add_event(Event(kind, kind, at=T0 + timedelta(hours=i)))
+
+    async def samples() -> dict:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = (await render(Sources(SimpleNamespace(store=store)))).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    before = await samples()
+    assert before[("certd_renewals_total", (("result", "ok"),))] == 2
+    assert before[("certd_deploys_total", (("result", "ok"),))] == 2
+    await store.purge_events(T0 + timedelta(days=1))
+    assert len(await store.events()) == 1
+    assert await samples() == before
+
+
+async def test_wipe_keys_only_of_superseded_certificates_past_the_grace(store):
+    day = timedelta(days=1)
+    first = await store.add_certificate(keyed("portal", "01", T0, "k1"))
+    second = await store.add_certificate(keyed("portal", "02", T0 + 30 * day, "k2"))
+    third = await store.add_certificate(keyed("portal", "03", T0 + 60 * day, "k3"))
+    alone = await store.add_certificate(keyed("other", "09", T0, "k9"))
+    # orders: one finished (its certificate is stored), one superseded by a newer order,
+    # the latest one unfinished (a resume needs its key), one of another name unfinished
+    await store.save_order(Order("portal", third.order_url, "valid", T0 + 60 * day,
+                                 domains=("a.example",), key_pem="order-key-3"))
+    await store.save_order(Order("portal", "https://ca/order/old", "ready", T0 + 61 * day,
+                                 domains=("a.example",), key_pem="order-key-old"))
+    await store.save_order(Order("portal", "https://ca/order/new", "ready", T0 + 62 * day,
+                                 domains=("a.example",), key_pem="order-key-new"))
+    await store.save_order(Order("other", "https://ca/order/o", "processing", T0,
+                                 domains=("a.example",), key_pem="order-key-o"))
+
+    # 7 days after the second was issued: only the first one's key goes
+    assert await store.wipe_keys(superseded_before=T0 + 37 * day) == 3
+    keys = {c.serial: c.key_pem for c in await store.certificate_history("portal")}
+    assert keys["01"] == "" and "k2" in keys["02"] and "k3" in keys["03"]
+    assert "k9" in (await store.current_certificate("other")).key_pem
+    orders = {o.url: o.key_pem for o in await store.orders(limit=10)}
+    assert orders == {third.order_url: None, "https://ca/order/old": None,
+                      "https://ca/order/new": "order-key-new",
+                      "https://ca/order/o": "order-key-o"}
+    assert {o.url for o in await store.unfinished_orders()} == {
+        "https://ca/order/new", "https://ca/order/o"}
+    # long after: every superseded key, never the current one
+    assert await store.wipe_keys(superseded_before=T0 + 1000 * day) == 1
+    keys = {c.serial: c.key_pem for c in await store.certificate_history("portal")}
+    assert keys["01"] == keys["02"] == "" and "k3" in keys["03"]
+    current = await store.current_certificate("portal")
+    assert current.serial == "03" and "k3" in current.key_pem
+    # the history keeps the public part
+    assert [c.cert_pem for c in await store.certificate_history("portal")] == [
+        first.cert_pem, second.cert_pem, third.cert_pem]
+    assert await store.wipe_keys(superseded_before=T0 + 1000 * day) == 0
+    assert alone.key_pem == (await store.current_certificate("other")).key_pem
+
+
+async def test_destroyed_keys_are_gone_from_the_database_file(store):
+    # rows of another name interleaved on the same pages: without secure_delete, SQLite
+    # leaves a rewritten row's old bytes in the page's free space
+    bodies, kept = [pem_body() for _ in range(7)], [pem_body() for _ in range(6)]
+    for i in range(6):
+        await store.add_certificate(keyed("gone.example", f"0{i}", T0 + timedelta(days=i),
+                                          bodies[i]))
+        await store.add_certificate(keyed("stays.example", f"1{i}", T0, kept[i]))
+    await store.save_order(Order("gone.example", "https://ca/order/g", "ready", T0,
+                                 domains=("gone.example",),
+                                 key_pem=f"-----BEGIN PRIVATE KEY-----\n{bodies[6]}\n"))
+    await store.save_order(Order("stays.example", "https://ca/order/s", "ready", T0,
+                                 domains=("stays.example",), key_pem="order-key"))
+
+    def raw_bytes() -> bytes:
+        with sqlite3.connect(store.path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        data = store.path.read_bytes()
+        wal = store.path.with_name(store.path.name + "-wal")
+        return data + (wal.read_bytes() if wal.exists() else b"")
+
+    before = raw_bytes()
+    assert all(b.encode() in before for b in bodies)  # the test can see a key if one is there
+    assert await store.destroy_keys("gone.example") == 7
+    after = raw_bytes()
+    assert not [b for b in bodies if b.encode() in after]
+    assert all(k.encode() in after for k in kept)
+    # the rows stay as history; none of them is current any more (nothing to deploy)
+    assert [c.serial for c in await store.certificate_history("gone.example")] == [
+        f"0{i}" for i in range(6)]
+    assert await store.current_certificate("gone.example") is None
+    assert "gone.example" not in await store.overview()
+    assert [o.key_pem for o in await store.orders("gone.example")] == [None]
+    assert await store.destroy_keys("gone.example") == 0
+
+
+async def test_retention_job_applies_the_configured_periods(store):
+    from certd import retention
+    from certd.config import Config
+
+    day = timedelta(days=1)
+    now = T0 + 200 * day
+    await store.add_event(Event("issue.ok", "old", at=now - 91 * day))
+    await store.add_event(Event("issue.ok", "recent", at=now - 89 * day))
+    await store.add_certificate(keyed("portal", "01", T0, "k1"))
+    await store.add_certificate(keyed("portal", "02", now - 8 * day, "k2"))
+    await store.add_certificate(keyed("portal", "03", now - 6 * day, "k3"))
+    result = await retention.apply(store, Config(), now)  # 90 d of events, 7 d of keys
+    assert (result.events, result.keys) == (1, 1)
+    assert [e.message for e in await store.events()] == ["recent"]
+    keys = {c.serial: c.key_pem for c in await store.certificate_history("portal")}
+    assert keys["01"] == "" and "k2" in keys["02"] and "k3" in keys["03"]
+
+
+async def test_removing_an_alias_destroys_its_keys(store):
+    from certd.config import Config
+    from certd.model import Alias
+    from certd.service import Certd
+
+    certd = Certd(Config(), store, issuer=None, deployers_by_frontend={})
+    await certd.add_alias(Alias("gone.example", (), "test", T0))
+    await store.add_certificate(keyed("gone.example", "01", T0, "secret-key"))
+    assert await certd.remove_alias("gone.example") == []  # no frontends: nothing to remove
+    assert await store.get_alias("gone.example") is None
+    assert [c.key_pem for c in await store.certificate_history("gone.example")] == [""]

@@ -20,6 +20,7 @@ from certd import failpoints, keys
 from certd.errors import AcmeError
 from certd.issuance.client import AcmeClient, Response
 from certd.issuance.http01 import valid_token
+from certd.issuance.untrusted import MALFORMED, clean_text, problem_type
 from certd.model import (
     Account,
     CertificateSpec,
@@ -216,20 +217,21 @@ class Issuer:
 
     async def _authorize(self, spec: CertificateSpec, url: str, deadline: float) -> None:
         authz, _ = await self.client.get_authorization(url)
-        name = authz.identifier.value if authz.identifier else url
+        name = (clean_text(getattr(authz.identifier, "value", None), 253) or url
+                if authz.identifier else url)
         if _status(authz) == "valid":
             return  # reused by the CA: nothing to prove
         if _status(authz) != "pending":
             raise AcmeError(f"acme[{spec.name}]: authorization for {name} is {_status(authz)}",
                             type="certd:authorization")
-        challenge = next((c for c in authz.challenges if c.chall.typ == "http-01"), None)
+        challenge = next((c for c in authz.challenges or () if c.chall.typ == "http-01"), None)
         if challenge is None:
             raise AcmeError(f"acme[{spec.name}]: no http-01 challenge offered for {name}",
                             type="certd:authorization")
         token = challenge.chall.encode("token")
         if not valid_token(token):
             raise AcmeError(f"acme[{spec.name}]: CA sent a malformed token for {name}",
-                            type="certd:malformed")
+                            type=MALFORMED)
         await self.store.put_challenge(Challenge(
             token=token,
             key_authorization=self.client.key_authorization(challenge),
@@ -286,20 +288,35 @@ def _parse_chain(resp: Response, url: str) -> list[x509.Certificate]:
             return [x509.load_der_x509_certificate(resp.body)]
         return keys.split_pem_certificates(resp.body.decode("ascii"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AcmeError(f"acme: certificate download {url}: {exc}", type="certd:malformed"
-                        ) from None
+        raise AcmeError(f"acme: certificate download {url}: {clean_text(str(exc), 200)}",
+                        type=MALFORMED) from None
 
 
 def _issued(spec: CertificateSpec, key: keys.PrivateKey, certs: list[x509.Certificate],
             order_url: str) -> IssuedCertificate:
+    """The stored-ready certificate, checked against our key and names. cryptography parses
+    extensions and keys lazily: a CA's broken SAN, an unsupported key or a date out of range
+    raise here (ValueError, UnsupportedAlgorithm, ...), and each is a malformed certificate."""
+    try:
+        return _checked(spec, key, certs, order_url)
+    except AcmeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the CA's certificate, whatever it holds
+        raise AcmeError(f"acme[{spec.name}]: issued certificate unusable: "
+                        f"{type(exc).__name__}: {clean_text(str(exc), 200)}",
+                        type=MALFORMED) from None
+
+
+def _checked(spec: CertificateSpec, key: keys.PrivateKey, certs: list[x509.Certificate],
+             order_url: str) -> IssuedCertificate:
     leaf = certs[0]
     if not keys.same_public_key(leaf, key):
         raise AcmeError(f"acme[{spec.name}]: issued certificate does not match our key",
-                        type="certd:malformed")
+                        type=MALFORMED)
     missing = set(spec.domains) - set(keys.dns_names(leaf))
     if missing:
         raise AcmeError(f"acme[{spec.name}]: issued certificate lacks {sorted(missing)}",
-                        type="certd:malformed")
+                        type=MALFORMED)
     info = keys.cert_info(leaf)
     return IssuedCertificate(
         name=spec.name,
@@ -315,20 +332,26 @@ def _issued(spec: CertificateSpec, key: keys.PrivateKey, certs: list[x509.Certif
     )
 
 
+def _ca_error(err) -> tuple[str, str]:
+    """A CA error document's type and detail, as safe strings (josepy keeps any JSON type)."""
+    return (problem_type(getattr(err, "typ", None), "certd:order"),
+            clean_text(getattr(err, "detail", None)))
+
+
 def _order_error(order: messages.Order, fallback: str) -> AcmeError:
     if order.error is not None:
-        return AcmeError(f"acme: {order.error.typ}: {order.error.detail or fallback}",
-                         type=order.error.typ, detail=order.error.detail or "")
+        typ, detail = _ca_error(order.error)
+        return AcmeError(f"acme: {typ}: {detail or fallback}", type=typ, detail=detail)
     return AcmeError(f"acme: {fallback}", type="certd:order")
 
 
 def _authz_error(cert: str, name: str, authz: messages.Authorization) -> AcmeError:
-    for challenge in authz.challenges:
+    for challenge in authz.challenges or ():
         if challenge.error is not None:
-            err = challenge.error
+            typ, detail = _ca_error(challenge.error)
             return AcmeError(
-                f"acme[{cert}]: validation of {name} failed: {err.typ}: {err.detail}",
-                type=err.typ, detail=err.detail or "", identifier=name,
+                f"acme[{cert}]: validation of {name} failed: {typ}: {detail}",
+                type=typ, detail=detail, identifier=name,
             )
     # acme2certifier marks the authorization invalid without any error document
     return AcmeError(f"acme[{cert}]: authorization for {name} is {_status(authz)}",

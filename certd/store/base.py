@@ -8,7 +8,13 @@ Contract, for every implementation (SQLite now, PostgreSQL later):
 - Writes are atomic: a certificate and its private key are stored in one step, so readers
   see the old pair or the new one, never a mix.
 - Times go in and come out timezone-aware UTC.
-- `open()` creates or migrates the schema; `close()` releases connections. Callers own both.
+- `open()` creates or migrates the schema and fails (StoreError) if the store cannot be
+  written; `close()` releases connections. Callers own both.
+- Failures are StoreError, and they come fast: a write that cannot get the store's write
+  lock within a few seconds (another process holds it), a full disk, a read-only file all
+  raise instead of waiting. The message names the store (a file path, a DSN) for the log;
+  callers that answer untrusted clients must not pass it on (the API answers 503
+  `store-unavailable`).
 """
 
 from __future__ import annotations
@@ -47,7 +53,13 @@ class Store(Protocol):
     async def put_challenge(self, challenge: Challenge) -> None: ...
 
     async def get_key_authorization(self, token: str, now: datetime) -> str | None:
-        """The key authorization for a pending, unexpired token, else None."""
+        """The key authorization for a pending, unexpired token, else None.
+
+        The challenge responder's lookup, answered while orders write: it never waits for a
+        write lock, neither another process's nor a write pending in this one (SQLite: its
+        own read-only connection; WAL readers never wait for writers). It sees every
+        committed challenge at once, including those another process (the CLI) wrote: no
+        cache. Raises StoreError if the store cannot be read within about a second."""
         ...
 
     async def delete_challenge(self, token: str) -> None: ...
@@ -143,7 +155,30 @@ class Store(Protocol):
         ...
 
     async def event_counts(self) -> dict[str, int]:
-        """How many events of each kind the log holds (the /metrics counters)."""
+        """How many events of each kind were ever recorded (the /metrics counters): kept up
+        to date in the transaction of each insert, whichever process inserts; cheap to read
+        (no scan of the log); never lowered by `purge_events`."""
+        ...
+
+    async def purge_events(self, before: datetime) -> int:
+        """Delete events older than `before` (`events.retention`), except the newest event,
+        so ids never go backwards; returns how many. Idempotent; counters stay."""
+        ...
+
+    # private-key retention (issue 10). Certificate rows stay (serial, dates and PEM are
+    # public and form the history); only their `key_pem` is blanked (''), and a certificate
+    # without its key is never returned as current.
+    async def wipe_keys(self, name: str | None = None, *, superseded_before: datetime) -> int:
+        """Blank the key of every certificate (of `name`, or of all) that a newer certificate
+        of the same name, issued at or before `superseded_before`, replaced; never the current
+        one. Also forget the key of finished orders (invalid, or whose certificate is stored,
+        or no longer the latest order of their certificate); never of the latest unfinished
+        order, which a resume needs. Returns how many rows changed. Idempotent."""
+        ...
+
+    async def destroy_keys(self, name: str) -> int:
+        """Blank every key of `name` (all its certificates and orders) and drop its pending
+        challenges: for a removed alias. Returns how many rows changed. Idempotent."""
         ...
 
     async def last_event_id(self) -> int:

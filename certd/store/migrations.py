@@ -116,4 +116,22 @@ MIGRATIONS: list[list[str]] = [
             resolved_at TEXT)""",
         "CREATE INDEX alerts_by_resolved ON alerts (resolved_at)",
     ],
+    [  # 5: retention (issue 10) — event counters kept by a trigger, purge by time
+        # /metrics reads these instead of a GROUP BY over every event; purging events never
+        # touches them (Prometheus counters only go up).
+        """CREATE TABLE event_counts (
+            kind TEXT PRIMARY KEY,
+            count INTEGER NOT NULL)""",
+        "INSERT INTO event_counts (kind, count) SELECT kind, COUNT(*) FROM events GROUP BY kind",
+        # In the same transaction as the insert, for every process sharing the file. The
+        # upsert is the same in PostgreSQL; the trigger wrapper is not (PostgreSQL needs a
+        # plpgsql function and `CREATE TRIGGER ... FOR EACH ROW EXECUTE FUNCTION`): the
+        # PostgreSQL store will carry its own statement for this one.
+        """CREATE TRIGGER events_counted AFTER INSERT ON events
+        BEGIN
+            INSERT INTO event_counts (kind, count) VALUES (NEW.kind, 1)
+            ON CONFLICT (kind) DO UPDATE SET count = event_counts.count + 1;
+        END""",
+        "CREATE INDEX events_by_at ON events (at)",
+    ],
 ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -36,6 +37,17 @@ from certd.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
+PURGE_BATCH = 5000  # events deleted per statement by purge_events
+
+# How long a write waits for another connection's write lock (another certd process, the
+# CLI) before it fails with StoreError: short, so the API answers 503 in seconds instead of
+# hanging; every write certd makes is one short transaction, so a healthy peer never holds
+# the lock this long.
+BUSY_TIMEOUT = 5.0
+# The challenge reader's wait. In WAL mode a reader never waits for a writer; this covers
+# only the moments SQLite itself locks readers out (WAL recovery after a crash).
+READ_BUSY_TIMEOUT = 1.0
+
 
 def _ts(dt: datetime | None) -> str | None:
     """Sortable text: UTC, microseconds, always the same width."""
@@ -51,11 +63,16 @@ def _dt(text: str | None) -> datetime | None:
 
 
 class SqliteStore:
-    """Store on a SQLite file. Several processes may share the file (WAL, busy timeout)."""
+    """Store on a SQLite file. Several processes may share the file (WAL, busy timeout).
+
+    Two connections, each with its own aiosqlite thread: the main one for everything, and a
+    read-only one for `get_key_authorization`, so a challenge lookup never queues behind a
+    write that waits for another process's lock."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
         try:
@@ -63,7 +80,8 @@ class SqliteStore:
             if not self.path.exists():
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
-            self._db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
+            self._db = await aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT,
+                                               isolation_level=None)
             self._db.row_factory = sqlite3.Row
             await self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a crash or kill -9 (consistency never
@@ -71,18 +89,52 @@ class SqliteStore:
             # even that (a new certificate and its key, the account) is checkpointed at once.
             await self._db.execute("PRAGMA synchronous=NORMAL")
             await self._db.execute("PRAGMA foreign_keys=ON")
+            # deleted and overwritten content (a wiped key, an order's key set to NULL) is
+            # zeroed in the database file instead of lingering in free space. Not covered:
+            # the WAL (old page images stay in it until a checkpoint copies them and the next
+            # write cycle overwrites it; wipe_keys/destroy_keys checkpoint), backups and
+            # copies of the file, and the filesystem's or the disk's own remapping.
+            await self._db.execute("PRAGMA secure_delete=ON")
             await self._migrate()
+            await self._check_writable()
+            # mode=ro: this connection can never take the write lock, and in WAL mode a
+            # reader never waits for a writer; each lookup is its own read transaction, so
+            # what another process committed is visible at once
+            self._reader = await aiosqlite.connect(
+                f"file:{quote(str(self.path.absolute()))}?mode=ro", uri=True,
+                timeout=READ_BUSY_TIMEOUT, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             await self.close()
-            raise StoreError(f"sqlite[{self.path}]: open: {exc}") from exc
+            raise StoreError(f"sqlite[{self.path}]: open: {_reason(exc)}") from exc
         except BaseException:  # a newer schema, a cancellation: never leave the connection
             await self.close()
             raise
 
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    async def _check_writable(self) -> None:
+        """A file SQLite can read but not write (a read-only mount, chattr +i) opens fine and
+        fails every write later: find out now, with a write that is rolled back (in WAL mode
+        BEGIN IMMEDIATE alone succeeds on a read-only file). Another process's write lock
+        means writable."""
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorname == "SQLITE_BUSY":
+                return
+            raise
+        try:
+            async with self.db.execute("PRAGMA user_version") as cur:
+                (version,) = await cur.fetchone()
+            await self.db.execute(f"PRAGMA user_version={int(version)}")
+        finally:
+            await self.db.execute("ROLLBACK")
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -114,13 +166,13 @@ class SqliteStore:
             async with self.db.execute(sql, params) as cur:
                 return cur.rowcount
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
+            raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}") from exc
 
     async def _all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         try:  # one trip to aiosqlite's thread (execute + fetch + close would be three)
             return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite[{self.path}]: {exc}") from exc
+            raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}") from exc
 
     async def _one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
         rows = await self._all(sql, params)
@@ -168,11 +220,16 @@ class SqliteStore:
         )
 
     async def get_key_authorization(self, token: str, now: datetime) -> str | None:
-        row = await self._one(
-            "SELECT key_authorization FROM challenges WHERE token = ? AND expires_at > ?",
-            (token, _ts(now)),
-        )
-        return None if row is None else row[0]
+        if self._reader is None:
+            raise StoreError(f"sqlite[{self.path}]: store is not open")
+        try:  # the read-only connection: never queued behind a write on the main one
+            rows = await self._reader.execute_fetchall(
+                "SELECT key_authorization FROM challenges WHERE token = ? AND expires_at > ?",
+                (token, _ts(now)),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite[{self.path}]: challenge lookup: {_reason(exc)}") from exc
+        return rows[0][0] if rows else None
 
     async def delete_challenge(self, token: str) -> None:
         await self._exec("DELETE FROM challenges WHERE token = ?", (token,))
@@ -208,8 +265,11 @@ class SqliteStore:
         return replace(cert, id=new_id)
 
     async def current_certificate(self, name: str) -> IssuedCertificate | None:
+        # a row whose key was destroyed (a removed alias) is history, never current: an alias
+        # added again gets a new certificate instead of one nobody can deploy
         row = await self._one(
-            "SELECT * FROM certificates WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
+            "SELECT * FROM certificates WHERE name = ? AND key_pem <> '' "
+            "ORDER BY id DESC LIMIT 1", (name,)
         )
         return None if row is None else _cert(row)
 
@@ -361,7 +421,7 @@ class SqliteStore:
             chunk = names[i:i + 500]
             marks = ",".join("?" * len(chunk))
             certs = {r[0]: _summary(r) for r in await self._all(
-                _LATEST_CERTS.format(where=f"WHERE name IN ({marks})"), chunk)}
+                _LATEST_CERTS.format(where=f"AND name IN ({marks})"), chunk)}
             states = {r["name"]: _state(r) for r in await self._all(
                 f"SELECT * FROM cert_state WHERE name IN ({marks})", chunk)}
             aris = {r["name"]: _ari(r) for r in await self._all(
@@ -418,8 +478,57 @@ class SqliteStore:
         return [_event(r) for r in rows]
 
     async def event_counts(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in await self._all(
-            "SELECT kind, COUNT(*) FROM events GROUP BY kind")}
+        # kept by the events_counted trigger (migration 5): one row per kind, not a scan
+        return {r[0]: r[1] for r in await self._all("SELECT kind, count FROM event_counts")}
+
+    async def purge_events(self, before: datetime) -> int:
+        # in batches, so another process's write never waits long for the lock; the newest
+        # event always stays, so ids keep growing (a rowid table reuses MAX(id) + 1, and the
+        # alert forwarder's cursor is an id)
+        total = 0
+        while True:
+            n = await self._exec(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? "
+                "AND id < (SELECT MAX(id) FROM events) ORDER BY id LIMIT ?)",
+                (_ts(before), PURGE_BATCH))
+            total += n
+            if n < PURGE_BATCH:
+                return total
+
+    # retention of private keys (issue 10)
+    async def wipe_keys(self, name: str | None = None, *,
+                        superseded_before: datetime) -> int:
+        certs = await self._exec(
+            "UPDATE certificates SET key_pem = '' WHERE key_pem <> '' "
+            "AND (:name IS NULL OR name = :name) AND EXISTS (SELECT 1 FROM certificates n "
+            "WHERE n.name = certificates.name AND n.id > certificates.id "
+            "AND n.key_pem <> '' AND n.issued_at <= :before)",
+            {"name": name, "before": _ts(superseded_before)})
+        orders = await self._exec(
+            "UPDATE orders SET key_pem = NULL WHERE key_pem IS NOT NULL "
+            "AND (:name IS NULL OR certificate = :name) AND (status = 'invalid' "
+            "OR url IN (SELECT order_url FROM certificates WHERE order_url IS NOT NULL) "
+            "OR rowid < (SELECT MAX(rowid) FROM orders o WHERE o.certificate = "
+            "orders.certificate))",
+            {"name": name})
+        if certs or orders:
+            await self._durable()
+        return certs + orders
+
+    async def destroy_keys(self, name: str) -> int:
+        certs = await self._exec(
+            "UPDATE certificates SET key_pem = '' WHERE name = ? AND key_pem <> ''", (name,))
+        orders = await self._exec(
+            "UPDATE orders SET key_pem = NULL WHERE certificate = ? AND key_pem IS NOT NULL",
+            (name,))
+        # an unfinished order is abandoned with its key: a re-added alias orders afresh
+        await self._exec(
+            "UPDATE orders SET status = 'invalid', error = 'abandoned: keys destroyed' "
+            "WHERE certificate = ? AND status IN ('pending', 'ready', 'processing')", (name,))
+        await self._exec("DELETE FROM challenges WHERE certificate = ?", (name,))
+        if certs or orders:
+            await self._durable()
+        return certs + orders
 
     async def last_event_id(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM events")
@@ -494,6 +603,18 @@ class SqliteStore:
         return await self._exec("DELETE FROM alerts WHERE resolved_at < ?", (_ts(before),))
 
 
+def _reason(exc: Exception) -> str:
+    """SQLite's words, with what they mean for an operator when they are terse."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith("SQLITE_BUSY"):
+        return f"{exc} (another process held the write lock for over {BUSY_TIMEOUT:g} s)"
+    if name.startswith("SQLITE_READONLY"):
+        return f"{exc} (the file or its directory is read-only)"
+    if name.startswith("SQLITE_CANTOPEN"):  # WAL mode also writes -wal and -shm beside it
+        return f"{exc} (it, or its -wal and -shm files, cannot be opened for writing)"
+    return str(exc)
+
+
 def _state(row: sqlite3.Row) -> CertificateState:
     return CertificateState(
         name=row["name"],
@@ -508,7 +629,7 @@ def _state(row: sqlite3.Row) -> CertificateState:
 _LATEST_CERTS = (
     "SELECT c.name, c.serial, c.domains, c.not_before, c.not_after, c.issued_at, "
     "c.fingerprint_sha256 FROM certificates c JOIN (SELECT name, MAX(id) AS id FROM "
-    "certificates {where} GROUP BY name) latest ON c.id = latest.id"
+    "certificates WHERE key_pem <> '' {where} GROUP BY name) latest ON c.id = latest.id"
 )
 
 
