@@ -15,10 +15,11 @@ from aiohttp import web
 from certd import notifiers, responder
 from certd.api import app as api
 from certd.api.tokens import load_or_create
-from certd.config import Config, split_listen
-from certd.errors import CertdError
+from certd.config import Config, ListenerLimits, split_listen
+from certd.errors import CertdError, StoreError
 from certd.issuance.client import AcmeClient
 from certd.issuance.issuer import Issuer
+from certd.listener import Guard, GuardedSite
 from certd.monitor import checks
 from certd.monitor.alerts import AlertBook
 from certd.monitor.events import EventForwarder
@@ -33,7 +34,11 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def open_certd(config: Config) -> AsyncIterator[Certd]:
     """Build store, ACME client, issuer and deployers; close them all on exit."""
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # a line for the operator, not a traceback
+        raise StoreError(f"state_dir {config.state_dir}: cannot create it: "
+                         f"{exc.strerror or exc}") from None
     store = SqliteStore(config.database_path)
     await store.open()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
@@ -80,12 +85,15 @@ async def open_monitor(config: Config, certd: Certd) -> AsyncIterator[Monitor]:
         await session.close()
 
 
-async def start_site(app: web.Application, listen: str, what: str) -> web.AppRunner:
+async def start_site(app: web.Application, listen: str, what: str,
+                     limits: ListenerLimits | None = None) -> web.AppRunner:
+    """Serve `app` on `listen` within `limits` (connection cap, head and idle timeouts, a
+    fixed 400 for unparsable requests: certd/listener.py)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_listen(listen)
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await GuardedSite(runner, host, port, Guard(what, limits or ListenerLimits())).start()
     except OSError as exc:
         await runner.cleanup()
         raise ListenError(f"{what}: cannot listen on {listen}: {exc.strerror or exc}",
@@ -115,7 +123,7 @@ async def challenge_listener(config: Config, certd: Certd, *, shared: bool = Fal
     is taken to be a running daemon reading the same store (the CLI's case): yields None."""
     try:
         runner = await start_site(responder.build_app(certd.store), config.challenge.listen,
-                                  "challenge responder")
+                                  "challenge responder", config.challenge.limits)
     except ListenError as exc:
         if not (shared and exc.in_use):
             raise
@@ -141,7 +149,7 @@ async def run_daemon(config: Config, stop: asyncio.Event) -> None:
         gc.freeze()
         sweeper = Sweeper(certd)
         api_runner = await start_site(await api_app(config, certd, monitor, stats, sweeper),
-                                      config.api.listen, "api")
+                                      config.api.listen, "api", config.api.limits)
         forwarder = EventForwarder(certd.store, monitor.alerts)
         await forwarder.start()  # before the first sweep, so its failures are forwarded too
         scheduler = Scheduler(sweeper, config.renewal,

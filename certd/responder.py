@@ -1,8 +1,9 @@
 """The HTTP-01 challenge listener: every frontend proxies /.well-known/acme-challenge/ here.
 
 It answers GET/HEAD for a pending, well-formed token with the key authorization, and gives
-one small fixed 404 for everything else, never echoing input. Nothing else lives on this
-listener: the API has its own.
+one small fixed 404 for everything else, never echoing input (and a fixed 400 for what does
+not parse as HTTP: certd/listener.py, which also caps connections and times out slow heads).
+Nothing else lives on this listener: the API has its own.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND = b"not found\n"
 UNAVAILABLE = b"unavailable\n"
-# aiohttp answers request lines longer than this itself (a 400 quoting the line); above its
-# 8 KiB default so that hostile tokens of several KiB still get the fixed 404.
+# aiohttp answers request lines longer than this itself (certd/listener.py's fixed 400);
+# above its 8 KiB default so that hostile tokens of several KiB still get the fixed 404.
 MAX_REQUEST_LINE = 16 * 1024
 
 
