@@ -89,6 +89,7 @@ async def start_site(app: web.Application, listen: str, what: str,
                      limits: ListenerLimits | None = None) -> web.AppRunner:
     """Serve `app` on `listen` within `limits` (connection cap, head and idle timeouts, a
     fixed 400 for unparsable requests: certd/listener.py)."""
+    app.on_response_prepare.append(_server_header)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_listen(listen)
@@ -100,6 +101,11 @@ async def start_site(app: web.Application, listen: str, what: str,
                           in_use=exc.errno == errno.EADDRINUSE) from None
     log.info("%s listening on %s", what, listen)
     return runner
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """'certd' instead of aiohttp's 'Python/3.11 aiohttp/3.x': versions help only a scanner."""
+    response.headers["Server"] = "certd"
 
 
 class ListenError(CertdError):

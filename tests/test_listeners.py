@@ -453,3 +453,14 @@ async def test_aiohttp_internals_we_rely_on(serve, conns):
     assert body_of(await conn.answer()) == b"ok"
     assert handler._request_count == 2
     assert GuardedSite.__slots__  # a slotted site like aiohttp's own
+
+
+async def test_answers_name_no_software_versions(serve, conns):
+    port = await serve(limits())
+    for request in (f"GET /.well-known/acme-challenge/{TOKEN} HTTP/1.1\r\nHost: a\r\n\r\n",
+                    "GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n"):
+        conn = await conns(port)
+        await conn.send(request.encode())
+        answer = await conn.answer()
+        assert b"\r\nServer: certd\r\n" in answer
+        assert b"aiohttp" not in answer and b"Python" not in answer

@@ -60,14 +60,21 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except StoreError as exc:
         # a locked database, a full disk, a read-only file: the operator's problem, and its
         # message (the file's path, SQLite's words) is for the log only
-        log.error("api: %s %r: store unavailable: %s", request.method, request.path, exc)
+        log.error("api: %s %s: store unavailable: %s", request.method, _route(request), exc)
         response = problem(503, "store-unavailable", "Store unavailable",
                            "certd cannot use its store right now; try again later")
         response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
         return response
     except Exception:
-        log.exception("api: %s %s failed", request.method, request.path)
+        log.exception("api: %s %s failed", request.method, _route(request))
         return problem(500, "internal", "Internal error", "see certd's log")
+
+
+def _route(request: web.Request) -> str:
+    """The matched route's pattern for a log line ('/api/v1/domains/{domain}'): the path
+    itself is the client's bytes."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
 
 
 @web.middleware
