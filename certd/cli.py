@@ -19,7 +19,8 @@ from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError
 from certd.model import utcnow
-from certd.views import certificate_views, text_table
+from certd.store import location
+from certd.views import certificate_views, name_list, text_table
 
 log = logging.getLogger("certd")
 
@@ -107,11 +108,22 @@ def _check_names(cfg: Config, names: list[str]) -> None:
     known = {c.name for c in cfg.certificates}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise CertdError(f"unknown certificate {', '.join(unknown)} "
+        raise CertdError(f"unknown certificate {name_list(unknown)} "
                          f"(configured: {', '.join(sorted(known)) or 'none'})")
 
 
+def _state_unusable(cfg: Config) -> bool:
+    """Print why certd cannot keep its state where `cfg` says, one line each; True if so."""
+    problems = location.problems(cfg.state_dir, cfg.database_path)
+    for problem in problems:
+        print(f"certd: {problem}", file=sys.stderr)
+    return bool(problems)
+
+
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    if _state_unusable(cfg):
+        return EXIT_CONFIG
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -126,6 +138,8 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
+    if _state_unusable(cfg):
+        return EXIT_CONFIG
     print(f"config OK: {args.config or configuration.default_path()}")
     print(f"  state_dir: {cfg.state_dir} (store {cfg.database_path})")
     print(f"  acme: {cfg.acme.directory} key_type={cfg.acme.key_type}")

@@ -64,3 +64,15 @@ def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
     """Rows (the header first) as aligned lines for a terminal."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def name_list(names: Sequence[str], limit: int = 5) -> str:
+    """Names someone typed, for one line of an error: odd ones (control or bidi characters,
+    spaces, empty, over-long) quoted and escaped, the first `limit`, then a count."""
+    def one(name: str) -> str:
+        if name.isprintable() and 0 < len(name) <= 100 and " " not in name:
+            return name
+        text = repr(name)
+        return text if len(text) <= 60 else text[:57] + "..."
+    shown = ", ".join(one(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
