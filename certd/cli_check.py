@@ -14,7 +14,7 @@ from certd.app import open_certd, open_monitor
 from certd.config import Config
 from certd.errors import CertdError
 from certd.model import SEVERITY_RANK, Finding, Severity
-from certd.views import text_table
+from certd.views import name_list, text_table
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
 
@@ -40,7 +40,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
             known = {s.name for s in certd.specs()}
             unknown = [n for n in args.names if n not in known]
             if unknown:
-                raise CertdError(f"unknown certificate {', '.join(unknown)}")
+                raise CertdError(f"unknown certificate {name_list(unknown)}")
             return await monitor.sweep(args.names or None)
 
     report = asyncio.run(main())

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 
 import aiohttp
 
@@ -73,9 +74,18 @@ class Api:
                              "running?") from None
 
 
+def _domain_path(domain: str) -> str:
+    """The domain as one path segment: '/', '?', '#', '..' or '%' in what was typed cannot
+    reach another resource or add a query (`remove 'x?revoke=true'`)."""
+    if not domain.strip("."):  # '.' or '..' would climb the path, even quoted
+        raise CertdError(f"domains: {domain!r} is not a domain name")
+    return "/api/v1/domains/" + urllib.parse.quote(domain, safe="")
+
+
 def _fail(status: int, body: dict) -> int:
     detail = body.get("detail") or body.get("title") or f"HTTP {status}"
-    print(f"certd: {detail} ({body.get('type', 'error')})", file=sys.stderr)
+    line = f"certd: {detail} ({body.get('type', 'error')})"
+    print("".join(c if c.isprintable() else "?" for c in line)[:500], file=sys.stderr)
     return 1
 
 
@@ -117,12 +127,12 @@ async def _domains(api: Api, args: argparse.Namespace) -> int:
                           f"{','.join(d['frontends'])}")
             return 0
         if action == "show":
-            status, doc = await api.call(session, "GET", f"/api/v1/domains/{args.domain}")
+            status, doc = await api.call(session, "GET", _domain_path(args.domain))
             if status != 200:
                 return _fail(status, doc)
             print(json.dumps(doc, indent=2))
             return 0
-        path = f"/api/v1/domains/{args.domain}" + ("?revoke=true" if args.revoke else "")
+        path = _domain_path(args.domain) + ("?revoke=true" if args.revoke else "")
         status, doc = await api.call(session, "DELETE", path)
         if status != 202:
             return _fail(status, doc)
@@ -136,7 +146,7 @@ async def _wait(api: Api, session: aiohttp.ClientSession, domain: str) -> int:
     deadline = time.monotonic() + WAIT_LIMIT
     last = None
     while time.monotonic() < deadline:
-        status, doc = await api.call(session, "GET", f"/api/v1/domains/{domain}")
+        status, doc = await api.call(session, "GET", _domain_path(domain))
         if status != 200:
             return _fail(status, doc)
         state = doc["status"]

@@ -38,8 +38,9 @@ _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
 _URL = re.compile(r"https?://[^\s/\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*")
 # a bare address, as the SMTP envelope and the ACME account take it: no display name, no
 # whitespace, no second address (so no header or recipient injection)
-_MAILBOX = re.compile(r"[^@\s<>,;:\"\x00-\x1f\x7f]+@[^@\s<>,;:\"\x00-\x1f\x7f]+")  # root@localhost
-_EMAIL = re.compile(r"[^@\s<>,;:\"\x00-\x1f\x7f]+@[^@\s<>,;:\"\x00-\x1f\x7f]+\.[^@\s<>,;:\"\x00-\x1f\x7f]+")
+_ATOM = r"[^@\s<>,;:\"\x00-\x1f\x7f]+"
+_MAILBOX = re.compile(rf"{_ATOM}@{_ATOM}")  # e-mail notifier: root@localhost will do
+_EMAIL = re.compile(rf"{_ATOM}@{_ATOM}\.{_ATOM}")  # ACME account: a domain with a dot
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -108,7 +109,7 @@ Slug = Annotated[str, AfterValidator(_check_slug)]
 
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if (not sep or not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]+", host)
+    if (not sep or not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]{1,255}", host)
             or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536):
         raise ValueError(f"expected HOST:PORT, got {_show(value)}")
     return value
@@ -343,7 +344,7 @@ class DomainsConfig(_Model):
         for item in v:
             try:
                 out.append(ipaddress.ip_network(str(item), strict=True))
-            except ValueError as exc:
+            except ValueError:
                 raise ValueError(f"{_show(item)}: not a network in CIDR form") from None
         return out
 
@@ -627,6 +628,8 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError(str(path), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read: {exc}"]) from None
+    except ValueError:  # a NUL byte in the path
+        raise ConfigError(_show(str(path)), ["cannot read: the path holds a NUL byte"]) from None
     try:
         data = yaml.load(text, Loader=_Loader)  # safe_load, refusing repeated keys
     except yaml.YAMLError as exc:

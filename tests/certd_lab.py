@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -64,15 +65,22 @@ def write_config(path: Path, data: dict) -> Path:
 
 
 class Daemon:
-    """`certd run` as a real subprocess; stopped by PID."""
+    """`certd run` as a real subprocess; stopped by PID. `nofile` sets its soft file limit
+    (systemd's default is 1,024)."""
 
-    def __init__(self, config_path: Path, log_path: Path):
+    def __init__(self, config_path: Path, log_path: Path, *, nofile: int | None = None):
         self.log_path = log_path
         self._log = open(log_path, "ab")
+
+        def limit_files() -> None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "certd", "-c", str(config_path), "run"],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit_files if nofile else None,
         )
 
     def log(self) -> str:

@@ -11,64 +11,19 @@ No lab needed: the daemon's ACME directory is a closed port, its one node a file
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.certd_lab import write_config
-from tests.lab import free_port, wait_until
+from tests.certd_lab import Daemon, write_config
+from tests.lab import free_port
 
 CHALLENGE_CAP, API_CAP = 200, 100
 HEADER_TIMEOUT = 2  # seconds, both listeners
 ATTACK_CHALLENGE, ATTACK_API = 2000, 500
 DAEMON_NOFILE = 1024  # systemd's default soft limit, the one the finding was made with
 PARTIAL_HEAD = b"GET /.well-known/acme-challenge/slowloris HTTP/1.1\r\nHost: a\r\nX-Slow: "
-
-
-class Daemon:
-    """`certd run` with a soft file limit of 1,024; stopped by PID."""
-
-    def __init__(self, config_path: Path, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-
-        def limit_files() -> None:
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            resource.setrlimit(resource.RLIMIT_NOFILE, (DAEMON_NOFILE, hard))
-
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "certd", "-c", str(config_path), "run"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=limit_files,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 60) -> None:
-        def seen() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"certd exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-            return text in self.log()
-
-        wait_until(seen, timeout, what=f"certd log to show {text!r}")
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -86,7 +41,8 @@ def daemon(tmp_path):
                               "deployer": {"type": "file", "path": str(tmp_path) + "/{node}"}}},
         "certificates": [{"name": "x", "domains": ["x.test"], "frontends": ["web"]}],
     }
-    proc = Daemon(write_config(tmp_path / "c.yaml", data), tmp_path / "certd.log")
+    proc = Daemon(write_config(tmp_path / "c.yaml", data), tmp_path / "certd.log",
+                  nofile=DAEMON_NOFILE)
     try:
         proc.wait_log("api listening on")
         proc.challenge_port, proc.api_port = challenge_port, api_port

@@ -4,6 +4,7 @@ background work."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -117,11 +118,24 @@ async def read_json(request: web.Request) -> dict:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported-media-type", "Send application/json")
     try:
-        data = await request.json()
-    except (ValueError, LookupError):  # LookupError: an unknown charset in Content-Type
+        data = await request.json(loads=_loads)
+    except (ValueError, LookupError, RecursionError):  # an unknown charset; nested too deep
         raise Problem(400, "malformed-json", "The body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Problem(400, "malformed-json", "The body must be a JSON object")
+    return data
+
+
+def _loads(text: str) -> Any:
+    """json.loads, refusing a key given twice in one object (which one would count is up to
+    each parser: a proxy and certd could disagree)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("a key appears twice")
     return data
 
 

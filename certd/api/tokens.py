@@ -41,7 +41,8 @@ MIN_TOKEN = 16
 
 
 def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
+    # surrogateescape: a header's undecodable bytes arrive as lone surrogates
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 SCOPES = ("read", "aliases", "admin")  # each grants what the ones before it grant

@@ -153,7 +153,7 @@ async def run_command(command: str, timeout: float) -> CommandResult:
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
         return CommandResult(command, None, f"cannot start: {exc}")
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import posixpath
+import re
 import shlex
 from typing import Any
 
@@ -34,6 +35,7 @@ from certd.httputil import BodyTooLarge, read_limited
 from certd.model import IssuedCertificate
 
 MAX_BODY = 16 << 20
+OUTPUT_LIMIT = 8192  # characters of command output kept per node, as the file deployer
 GATHER_JOB_TIMEOUT = 5  # seconds; a dead minion costs timeout + this
 
 
@@ -199,7 +201,7 @@ class SaltDeployer:
                                       f"{MAX_BODY} bytes", node="*", kind="salt") from None
                 try:
                     return resp.status, json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested too deep
                     raise DeployError(f"salt[{self.config.url}]: answer is not JSON",
                                       node="*", kind="salt") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -311,12 +313,13 @@ class SaltDeployer:
                                         "not answer", kind="unreachable"))
             elif ret.get("retcode") != 0:
                 out.append(DeployResult(t, False, f"salt[{t.node}]: {done}: exit "
-                                        f"{ret.get('retcode')}: {ret.get('stderr', '')[-200:]}",
-                                        output=str(ret.get("stdout", ""))))
+                                        f"{_clean(repr(ret.get('retcode')), 40)}: "
+                                        f"{_clean(str(ret.get('stderr', ''))[-200:], 200)}",
+                                        output=str(ret.get("stdout", ""))[:OUTPUT_LIMIT]))
             else:
                 out.append(DeployResult(t, True, f"salt[{t.node}]: {done}",
                                         rolled_back=done == "rolled back",
-                                        output=str(ret.get("stdout", ""))))
+                                        output=str(ret.get("stdout", ""))[:OUTPUT_LIMIT]))
         return out
 
     async def _by_rendering(self, targets: list[Target], work) -> list[DeployResult]:
@@ -343,11 +346,25 @@ class SaltDeployer:
 
 
 def _token(doc: Any) -> str | None:
+    """The token of a /login answer; None unless it is one printable ASCII word (it goes into
+    a header: CR/LF there would be header injection, and aiohttp refuses it with ValueError)."""
     try:
         token = doc["return"][0]["token"]
     except (KeyError, IndexError, TypeError):
         return None
-    return token if isinstance(token, str) and token else None
+    ok = isinstance(token, str) and re.fullmatch(r"[\x21-\x7e]{1,512}", token)
+    return token if ok else None
+
+
+def _clean(text: str, limit: int) -> str:
+    """What a minion said, fit for one line of a message: control, bidi and other invisible
+    characters blanked, cut to `limit`."""
+    return "".join(c if c.isprintable() else " " for c in text[:limit]).strip()
+
+
+def _stdout(state: dict) -> str:
+    changes = state.get("changes")
+    return str(changes.get("stdout", "")) if isinstance(changes, dict) else ""
 
 
 def _state_result(target: Target, answer: Any, cert: IssuedCertificate) -> DeployResult:
@@ -355,7 +372,7 @@ def _state_result(target: Target, answer: Any, cert: IssuedCertificate) -> Deplo
     if not isinstance(answer, dict) or not isinstance(answer.get("ret"), dict):
         detail = answer if isinstance(answer, str) else "no answer"
         return DeployResult(target, False, f"{where}: minion {target.minion} did not answer "
-                            f"({str(detail)[:200]})", kind="unreachable")
+                            f"({_clean(detail, 200)})", kind="unreachable")
     states = answer["ret"]
     failed = {sid: st for sid, st in states.items()
               if isinstance(st, dict) and st.get("result") is not True}
@@ -363,17 +380,23 @@ def _state_result(target: Target, answer: Any, cert: IssuedCertificate) -> Deplo
                      if "-rollback_|-" in sid and isinstance(st, dict)
                      and st.get("result") is True and st.get("changes")), None)
     failed = {sid: st for sid, st in failed.items() if "-rollback_|-" not in sid}
-    output = "\n".join(str(st.get("changes", {}).get("stdout", ""))
-                       for st in states.values() if isinstance(st, dict))
-    if answer.get("retcode") == 0 and not failed:
+    output = "\n".join(filter(None, (_stdout(st) for st in states.values()
+                                     if isinstance(st, dict))))[:OUTPUT_LIMIT]
+    switched = any(f"certd-{target.certificate}-switch_|-" in sid for sid, st in states.items()
+                   if isinstance(st, dict) and st.get("result") is True)
+    if answer.get("retcode") == 0 and not failed and switched:
         return DeployResult(target, True, f"{where}: deployed serial {cert.serial}",
                             output=output)
+    if not failed:  # nothing it shows failed, yet it is not a success
+        why = (f"retcode {_clean(repr(answer.get('retcode')), 40)}" if switched
+               else "the deployment's states did not run")
+        return DeployResult(target, False, f"{where}: {why}", output=output, kind="write")
     guard = next((st for sid, st in failed.items()
                   if f"certd-{target.certificate}-guard_|-" in sid), None)
     if guard is not None:  # a planted symlink: the file states never ran
         changes = guard.get("changes") if isinstance(guard.get("changes"), dict) else {}
         said = str(changes.get("stderr") or guard.get("comment", "")).strip().splitlines()
-        return DeployResult(target, False, f"{where}: {(said[-1:] or [''])[0][:300]}",
+        return DeployResult(target, False, f"{where}: {_clean((said[-1:] or [''])[0], 300)}",
                             output=output, kind="refused")
     # the first step that failed on its own (later ones fail on its requisite)
     step, first = "state", next(iter(failed.values()), {})
@@ -385,6 +408,6 @@ def _state_result(target: Target, answer: Any, cert: IssuedCertificate) -> Deplo
     if step == "state":  # a file.managed state
         step = "write"
     comment = str(first.get("comment", "")).strip().splitlines()[-1:] or [""]
-    return DeployResult(target, False, f"{where}: {step}: {comment[0][:300]}",
+    return DeployResult(target, False, f"{where}: {step}: {_clean(comment[0], 300)}",
                         rolled_back=rollback is not None, output=output,
                         kind=step)

@@ -189,7 +189,8 @@ def hsts_problem(header: str | None, min_age: timedelta) -> str | None:
     for directive in header.split(";"):
         m = _MAX_AGE.match(directive)
         if m:
-            age = int(m.group(1))
+            digits = m.group(1)  # past 12 digits it is longer than any minimum anyway (and
+            age = int(digits) if len(digits) <= 12 else 10**12  # int() refuses 4,300+ digits)
             if age < min_age.total_seconds():
                 minimum = int(min_age.total_seconds())
                 return f"Strict-Transport-Security max-age={age} (under {minimum})"
