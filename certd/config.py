@@ -603,6 +603,9 @@ def _nul_bytes(data: Any) -> list[str]:
     return problems
 
 
+MAX_PROBLEMS = 50
+
+
 def parse(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
@@ -613,17 +616,33 @@ def parse(data: Any, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from None
+        problems = _problems(exc)
+        if len(problems) > MAX_PROBLEMS:  # a wrong file: the first ones tell the story
+            problems = problems[:MAX_PROBLEMS] + [
+                f"... and {len(problems) - MAX_PROBLEMS:,} more problems"]
+        raise ConfigError(source, problems) from None
 
 
 def default_path() -> Path:
     return Path(os.environ.get("CERTD_CONFIG") or DEFAULT_PATH)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; this bounds what a wrong path can cost
+
+
+def _read(path: Path) -> str:
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), [f"larger than {MAX_CONFIG_BYTES >> 10} KiB: not a certd "
+                                      "config (is it the right file?)"])
+    return data.decode("utf-8")
+
+
 def load(path: Path | None = None) -> Config:
     path = path or default_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read(path)
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:

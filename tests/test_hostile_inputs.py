@@ -398,7 +398,7 @@ LOAD_CASES: list[tuple[str, bytes, str]] = [
     ("deep-flow-100k", b"x: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
     ("deep-flow-mapping", b"x: " + b"{a: " * 20_000 + b"1" + b"}" * 20_000 + b"\n",
      "nested too deeply"),
-    ("deep-block", "".join(" " * i + "a:\n" for i in range(1500)).encode() + b" " * 1500 + b"b\n",
+    ("deep-block", "".join(" " * i + "a:\n" for i in range(1100)).encode() + b" " * 1100 + b"b\n",
      "nested too deeply"),
     ("deep-under-certificates", b"certificates: " + b"[" * 5000 + b"]" * 5000 + b"\n",
      "nested too deeply"),
@@ -414,7 +414,10 @@ LOAD_CASES: list[tuple[str, bytes, str]] = [
     ("bad-escape", b'state_dir: "\\xZZ"\n', "invalid YAML"),
     ("crlf-key", b'"acme\\r\\nx": 1\n', "unknown key"),
     ("bidi-frontend-key", "frontends:\n  \u202eweb: {}\n".encode(), "frontends."),
-    ("10mb-value", b"acme:\n  email: " + b"a" * (10 << 20) + b"\n", "acme.email"),
+    ("10mb-value", b"acme:\n  email: " + b"a" * (10 << 20) + b"\n", "larger than 1024 KiB"),
+    ("1mb-value", b"acme:\n  email: " + b"a" * (1 << 19) + b"\n", "acme.email"),
+    ("10k-unknown-keys", "".join(f"x{i}: 1\n" for i in range(10_000)).encode(),
+     "and 9,950 more problems"),
 ]
 
 
@@ -445,7 +448,8 @@ def test_config_files(tmp_path, request, text, expected):
     (lambda tmp: tmp / "missing.yaml", "file not found"),
     (lambda tmp: tmp / "a\x00b.yaml", "cannot read"),
     (lambda tmp: tmp / ("x" * 5000), "cannot read"),
-], ids=["directory", "missing", "nul-in-path", "name-too-long"])
+    (lambda tmp: Path("/dev/zero"), "larger than 1024 KiB"),
+], ids=["directory", "missing", "nul-in-path", "name-too-long", "dev-zero"])
 def test_config_paths(tmp_path, make_path, expected):
     with pytest.raises(ConfigError) as caught:
         configuration.load(make_path(tmp_path))
@@ -811,6 +815,10 @@ TOKEN_CASES: list[tuple[str, str]] = [
     ("garbage-line-1mb", "ZZMARK " * 150_000),
     ("tab-separated", f"ops\t{SECRET}\tx\ty"),
     ("one-good-one-bad", f"ci {SECRET}x\nops {MARK}"),
+    ("token-escape", f"ops zzmark\x1b[2J{SECRET}"),
+    ("token-nul", f"ops zzmark\x00{SECRET}"),
+    ("token-non-ascii", f"ops zzmark\u00e9{SECRET}"),
+    ("token-bidi", f"ops zzmark\u202e{SECRET}"),
 ]
 
 
@@ -1132,6 +1140,19 @@ async def test_command_output(command, timeout):
     assert len(result.describe()) <= len(command) + local.OUTPUT_LIMIT + 100
     assert time.monotonic() - started < timeout + 10
     gc.collect()  # a timed-out child's pipe transports: closed while this loop still runs
+
+
+async def test_command_output_is_not_held_in_memory():
+    """A node command printing 50 MB costs certd its first 8 KiB, not 50 MB."""
+    tracemalloc.start()
+    try:
+        result = await local.run_command(
+            _py("import sys; sys.stdout.write('x' * (50 << 20))"), 30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.ok and len(result.output) == local.OUTPUT_LIMIT
+    assert peak < 4 << 20, f"{peak >> 20} MB"
 
 
 # TLS peers that are not what they should be

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 MIN_TOKEN = 16
+_SENDABLE = re.compile(r"[!-~]+")  # printable ASCII without space: what a header can carry
 
 
 def digest(token: str) -> bytes:
@@ -141,6 +142,8 @@ def parse(text: str, source: str) -> Tokens:
             problems.append(f"line {number}: sha256: needs 64 hex digits")
         elif len(secret) < MIN_TOKEN:
             problems.append(f"line {number}: token shorter than {MIN_TOKEN} characters")
+        elif not _SENDABLE.fullmatch(secret):  # no client could present it in a header
+            problems.append(f"line {number}: token has characters outside printable ASCII")
         else:
             tokens.append(Token(name, digest(secret), scope))
     if problems:

@@ -156,7 +156,7 @@ async def run_command(command: str, timeout: float) -> CommandResult:
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
         return CommandResult(command, None, f"cannot start: {exc}")
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out = await asyncio.wait_for(_bounded_output(proc), timeout)
     except asyncio.TimeoutError:
         _kill_group(proc)
         await proc.wait()
@@ -164,5 +164,14 @@ async def run_command(command: str, timeout: float) -> CommandResult:
     except asyncio.CancelledError:
         _kill_group(proc)
         raise
-    text = out[:OUTPUT_LIMIT].decode("utf-8", "replace")
-    return CommandResult(command, proc.returncode, text)
+    return CommandResult(command, proc.returncode, out.decode("utf-8", "replace"))
+
+
+async def _bounded_output(proc: asyncio.subprocess.Process) -> bytes:
+    """The first OUTPUT_LIMIT bytes of the command's output; the rest is read and dropped
+    (a node's command must not fill certd's memory), then the exit is awaited."""
+    kept = bytearray()
+    while chunk := await proc.stdout.read(65536):
+        kept += chunk[:OUTPUT_LIMIT - len(kept)]
+    await proc.wait()
+    return bytes(kept)

@@ -283,16 +283,17 @@ class SaltDeployer:
                 out.append(DeployResult(t, False, f"{where}: minion {t.minion} did not "
                                         "answer", kind="unreachable"))
                 continue
-            stdout = str(ret.get("stdout", ""))
-            lines = [x[len("certd: "):] for x in stdout.splitlines() if x.startswith("certd: ")]
+            stdout = str(ret.get("stdout", ""))[:OUTPUT_LIMIT]
+            lines = [_clean(x[len("certd: "):], 300) for x in stdout.splitlines()
+                     if x.startswith("certd: ")]
             removed = [x[len("removed "):] for x in lines if x.startswith("removed ")]
             left = [x[len("left alone: "):] for x in lines if x.startswith("left alone: ")]
             message = removal_message(where, t.path, removed, left)
             if ret.get("retcode") != 0:
                 stage = "reload" if removed else "remove"
                 out.append(DeployResult(t, False, f"{message}; {stage}: exit "
-                                        f"{ret.get('retcode')}: "
-                                        f"{str(ret.get('stderr', ''))[-200:]}",
+                                        f"{_clean(repr(ret.get('retcode')), 40)}: "
+                                        f"{_clean(str(ret.get('stderr', ''))[-200:], 200)}",
                                         output=stdout, kind=stage))
             else:
                 out.append(DeployResult(t, True, message, output=stdout,
