@@ -22,6 +22,8 @@ class CertStatus(str, enum.Enum):
 
 
 class DeployStatus(str, enum.Enum):
+    DEPLOYING = "deploying"  # recorded before the first file is written: a crash leaves a
+    # record, so a later removal knows certd may have placed files there
     DEPLOYED = "deployed"  # files placed and reload succeeded
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"

@@ -121,6 +121,7 @@ class Rollout:
         out: list[DeployResult] = []
         plan = batches(chosen, frontend)
         for i, batch in enumerate(plan):
+            await self._claim(batch, cert)
             results = await deployer.deploy(batch, cert)
             if frontend.verify:
                 results = await self._verify(spec, cert, frontend, deployer, results)
@@ -139,6 +140,18 @@ class Rollout:
                         data={"frontend": group, "untouched": left, "serial": cert.serial}))
                 break
         return out
+
+    async def _claim(self, batch: list[Target], cert: IssuedCertificate) -> None:
+        """Record the nodes about to receive files that have no record yet, before anything
+        is written: killed between the write and `_record`, certd must still know, at
+        removal, that a key may lie there."""
+        known = {(d.frontend, d.node) for d in await self.store.deployments(cert.name)
+                 if d.status != DeployStatus.REMOVED}
+        for t in batch:
+            if (t.frontend, t.node) not in known:
+                await self.store.put_deployment(Deployment(
+                    t.certificate, t.frontend, t.node, "", DeployStatus.DEPLOYING,
+                    f"deploying serial {cert.serial}", self.clock()))
 
     async def _verify(self, spec: CertificateSpec, cert: IssuedCertificate,
                       frontend: FrontendConfig, deployer: Deployer,

@@ -343,3 +343,42 @@ def test_salt_switch_keeps_legacy(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(versions)) == [".previous", "b", "c", "legacy"]
+
+
+class _DiesAfterWriting:
+    """A file deployer whose process 'dies' once the files are placed, before certd records
+    the deployment (what kill -9 at the failpoint deploy:switched does to a daemon)."""
+
+    kind = "file"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def deploy(self, batch, cert):
+        await self.inner.deploy(batch, cert)
+        raise RuntimeError("killed")
+
+    async def remove(self, batch):
+        return await self.inner.remove(batch)
+
+
+async def test_files_placed_before_a_crash_are_still_removed(tmp_path, store):
+    cfg = configuration.parse({
+        "state_dir": str(tmp_path / "state"),
+        "frontends": {"web": {
+            "nodes": [{"name": "fe1", "address": "127.0.0.1"}], "verify": False,
+            "deployer": {"type": "file", "path": str(tmp_path / "{node}" / "{certificate}")}}},
+        "certificates": []})
+    spec = CertificateSpec("portal", ("portal.example.org",), ("web",))
+    chosen = targets(cfg, spec)
+    placed = Path(chosen[0].path)
+    inner = deployers.build(cfg.frontends["web"].deployer)
+    with pytest.raises(RuntimeError):
+        await Rollout(cfg, store, {"web": _DiesAfterWriting(inner)}, lambda: T0).run(
+            spec, issued("portal"), chosen)
+    assert (placed / "privkey.pem").exists()
+    [record] = await store.deployments("portal")
+    assert record.status is DeployStatus.DEPLOYING  # written before the first file
+    [result] = await Rollout(cfg, store, {"web": inner}, lambda: T0).remove(spec, chosen)
+    assert result.ok and "removed" in result.message, result.message
+    assert not placed.exists() and not placed.is_symlink()
