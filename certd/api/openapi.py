@@ -150,6 +150,7 @@ def _ok(description: str, schema: str, headers: dict | None = None) -> dict:
 LOCATION = {"Location": {"description": "the resource's URL path", "schema": STR}}
 UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 FORBIDDEN = {"$ref": "#/components/responses/Forbidden"}
+STORE_UNAVAILABLE = {"$ref": "#/components/responses/StoreUnavailable"}
 
 
 def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None,
@@ -162,7 +163,8 @@ def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None
     if public:
         op["security"] = []
     else:
-        responses = {**responses, "401": UNAUTHORIZED, "403": FORBIDDEN}
+        responses = {**responses, "401": UNAUTHORIZED, "403": FORBIDDEN,
+                     "503": STORE_UNAVAILABLE}
     op["responses"] = dict(sorted(responses.items()))
     return op
 
@@ -303,7 +305,13 @@ def _document() -> dict:
                     "(api.tokens_file, `NAME TOKEN [SCOPE]` or `NAME sha256:HEX [SCOPE]`) have "
                     "one scope: `read` (GET and /metrics), `aliases` (read, plus POST and "
                     "DELETE of /api/v1/domains) or `admin` (everything; the default). The "
-                    "problem's `scope` member names the scope needed")},
+                    "problem's `scope` member names the scope needed"),
+                "StoreUnavailable": _problem(
+                    "store-unavailable: certd cannot use its store right now (another "
+                    "process held the write lock for seconds, a full disk, a read-only file); "
+                    "the log says which. Try again after Retry-After",
+                    {"Retry-After": {"description": "seconds",
+                                     "schema": {"type": "integer", "minimum": 1}}})},
             "schemas": _schemas(),
         },
     }
