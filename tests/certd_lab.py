@@ -145,3 +145,34 @@ def served_serial(lab: Lab, node: str, server_name: str) -> str:
         return format(lab.served_certificate(node, server_name).serial_number, "x")
     except OSError:
         return ""
+
+
+def web_deployer(cfg: Config, name: str):
+    """(the `web` frontend's deployer, its targets for certificate `name` on `name`.test)."""
+    from certd import deployers
+    from certd.model import CertificateSpec
+    from certd.rollout import targets
+
+    spec = CertificateSpec(name, (f"{name}.test",), ("web",))
+    return deployers.build(cfg.frontends["web"].deployer), targets(cfg, spec)
+
+
+async def deploy_past_a_planted_symlink(lab: Lab, deployer, chosen, name: str):
+    """`.{name}.d -> ../victim-{name}` planted in fe1's certs directory (the victim: mode 0755,
+    holding precious.txt); `name` deployed to `chosen`, then the deployer closed and the link
+    removed. Returns (results by node, fe1's certs directory, the victim)."""
+    from tests.test_deploy_file import issued
+
+    certs = lab.cert_dir("fe1", name).parent
+    victim = certs.parent / f"victim-{name}"
+    victim.mkdir(exist_ok=True)
+    victim.chmod(0o755)
+    (victim / "precious.txt").write_text("do not touch\n")
+    (certs / f".{name}.d").symlink_to(f"../victim-{name}")
+    try:
+        results = {r.target.node: r for r in
+                   await deployer.deploy(chosen, issued(name, f"{name}.test"))}
+    finally:
+        await deployer.close()
+        (certs / f".{name}.d").unlink()
+    return results, certs, victim

@@ -20,6 +20,7 @@ from certd.notifiers.email import EmailNotifier
 from certd.notifiers.webhook import WebhookNotifier
 from certd.store.sqlite import SqliteStore
 from tests.notify_servers import SmtpServer, mail_config
+from tests.stores import opened_store
 
 T0 = datetime(2025, 6, 1, tzinfo=UTC)
 WARN = Finding(check="expiry", severity=Severity.WARNING, domain="shop.example.com",
@@ -75,12 +76,8 @@ class CountingStore(SqliteStore):
 
 @pytest.fixture
 async def store(tmp_path):
-    s = CountingStore(tmp_path / "certd.db")
-    await s.open()
-    try:
+    async with opened_store(tmp_path / "certd.db", CountingStore) as s:
         yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 
 import pytest
 from aiohttp import web
@@ -16,36 +15,21 @@ from certd.api import app as api
 from certd.api.tokens import load_or_create, parse
 from certd.app import open_certd
 from certd.errors import ConfigError
+from tests.certd_api import api_client, api_config
 
 PLAIN = "plain-token-0123456789"
 HASHED = "hashed-token-9876543210"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 async def client(tmp_path):
     (tmp_path / "tokens").write_text(
         f"# comment\nops {PLAIN}\nci sha256:{hashlib.sha256(HASHED.encode()).hexdigest()}\n")
-    cfg = configuration.parse({
-        "state_dir": str(tmp_path / "state"),
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
-        "api": {"tokens_file": str(tmp_path / "tokens")},
-        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-                              "deployer": {"type": "file",
-                                           "path": str(tmp_path) + "/{node}/{certificate}"}}},
-        "certificates": [{"name": "portal", "domains": ["portal.example.org"],
-                          "frontends": ["web"]}],
-    })
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, load_or_create(cfg.tokens_path))
-        async with TestClient(TestServer(app)) as c:
-            c.certd = certd
-            yield c
+    cfg = api_config(tmp_path, api={"tokens_file": str(tmp_path / "tokens")},
+                     certificates=[{"name": "portal", "domains": ["portal.example.org"],
+                                    "frontends": ["web"]}])
+    async with api_client(cfg, load_or_create(cfg.tokens_path)) as c:
+        yield c
 
 
 def auth(token: str) -> dict:
@@ -140,23 +124,13 @@ async def scoped(tmp_path):
         f"reader {READ} read\ntenant sha256:{hashlib.sha256(ALIASES.encode()).hexdigest()} "
         f"aliases\nroot {ADMIN} admin\nold {LEGACY}\n")
     os.chmod(tmp_path / "tokens", 0o600)
-    cfg = configuration.parse({
-        "state_dir": str(tmp_path / "state"),
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
-        "api": {"tokens_file": str(tmp_path / "tokens")},
-        "domains": {"default_frontends": ["web"], "preflight": False,
-                    "allow_special_use": ["example"]},
-        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-                              "deployer": {"type": "file",
-                                           "path": str(tmp_path) + "/{node}/{certificate}"}}},
-        "certificates": [{"name": "portal", "domains": ["portal.example.org"],
-                          "frontends": ["web"]}],
-    })
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, load_or_create(cfg.tokens_path))
-        async with TestClient(TestServer(app)) as c:
-            c.certd = certd
-            yield c
+    cfg = api_config(tmp_path, api={"tokens_file": str(tmp_path / "tokens")},
+                     domains={"default_frontends": ["web"], "preflight": False,
+                              "allow_special_use": ["example"]},
+                     certificates=[{"name": "portal", "domains": ["portal.example.org"],
+                                    "frontends": ["web"]}])
+    async with api_client(cfg, load_or_create(cfg.tokens_path)) as c:
+        yield c
 
 
 # (method, URL, body, the route's template in the table)
@@ -245,12 +219,10 @@ async def test_a_route_without_a_scope_is_refused_to_every_token(tmp_path):
 async def test_healthz_and_unauthenticated_metrics_stay_public(tmp_path):
     cfg = configuration.parse({"state_dir": str(tmp_path / "state"),
                                "api": {"metrics_auth": False}})
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, parse(f"reader {READ} read\n", "tokens"))
-        async with TestClient(TestServer(app)) as c:
-            assert (await c.get("/healthz")).status == 200
-            assert (await c.get("/metrics")).status == 200
-            assert (await c.get("/api/v1/certificates")).status == 401
+    async with api_client(cfg, parse(f"reader {READ} read\n", "tokens")) as c:
+        assert (await c.get("/healthz")).status == 200
+        assert (await c.get("/metrics")).status == 200
+        assert (await c.get("/api/v1/certificates")).status == 401
 
 
 def test_files_without_scopes_are_admin():
@@ -295,11 +267,9 @@ def test_a_short_presented_token_never_authenticates_even_if_its_hash_matches():
 
 async def test_a_short_token_with_a_matching_hash_gets_401(tmp_path):
     cfg = configuration.parse({"state_dir": str(tmp_path / "state")})
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, parse(f"five {_sha('k7#Qz')}\n", "tokens"))
-        async with TestClient(TestServer(app)) as c:
-            resp = await c.get("/api/v1/certificates", headers=auth("k7#Qz"))
-            assert resp.status == 401
+    async with api_client(cfg, parse(f"five {_sha('k7#Qz')}\n", "tokens")) as c:
+        resp = await c.get("/api/v1/certificates", headers=auth("k7#Qz"))
+        assert resp.status == 401
 
 
 @pytest.mark.parametrize("mode, warned", [(0o600, False), (0o400, False), (0o640, True),

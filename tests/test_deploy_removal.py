@@ -21,7 +21,6 @@ from certd.deployers.local import LocalFS
 from certd.deployers.salt import guard_script, remove_script, switch_script
 from certd.model import CertificateSpec, Deployment, DeployStatus
 from certd.rollout import Rollout, targets
-from certd.store.sqlite import SqliteStore
 from tests.test_deploy_file import issued
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -264,16 +263,6 @@ def test_salt_guard_passes_a_clean_layout(tmp_path):
 
 
 # --- the rollout: only nodes with a recorded deployment are touched --------------------------
-
-@pytest.fixture
-async def store(tmp_path):
-    s = SqliteStore(tmp_path / "state" / "certd.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
 
 async def test_rollout_removes_only_where_certd_deployed(tmp_path, store):
     template = str(tmp_path / "{node}" / "certs" / "{certificate}")

@@ -4,50 +4,30 @@ idempotency and races, pagination, quotas, audit. The lab test covers issuance a
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from certd import config as configuration
-from certd.api import app as api
 from certd.api.tokens import parse
-from certd.app import open_certd
 from certd.model import Alias
+from tests.certd_api import api_client, api_config, file_frontend
 
 TOKEN = "domains-token-0123456789"
 OTHER = "other-token-0123456789ab"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 async def client(tmp_path):
-    cfg = configuration.parse({
-        "state_dir": str(tmp_path / "state"),
-        # nothing listens here: background orders fail fast, which these tests ignore
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
-        "frontends": {
-            "web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-                    "deployer": {"type": "file", "path": str(tmp_path) + "/{node}/{certificate}"}},
-            "edge": {"nodes": [{"name": "fe9", "address": "127.0.0.9"}],
-                     "deployer": {"type": "file", "path": str(tmp_path) + "/{node}/{certificate}"}},
-        },
+    cfg = api_config(
+        tmp_path,
+        frontends={"web": file_frontend(tmp_path),
+                   "edge": file_frontend(tmp_path, "fe9", "127.0.0.9")},
         # aliases under example.com/.org (RFC 6761 §6.5 special-use names, refused by default)
-        "domains": {"default_frontends": ["web"], "denied": ["blocked.example"],
-                    "per_token_per_hour": 5, "allow_special_use": ["example"]},
-        "certificates": [{"name": "portal.example.org", "domains": ["portal.example.org"],
-                          "frontends": ["web"]}],
-    })
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, parse(f"ops {TOKEN}\nci {OTHER}\n", "tokens"))
-        async with TestClient(TestServer(app)) as c:
-            c.certd = certd
-            yield c
+        domains={"default_frontends": ["web"], "denied": ["blocked.example"],
+                 "per_token_per_hour": 5, "allow_special_use": ["example"]},
+        certificates=[{"name": "portal.example.org", "domains": ["portal.example.org"],
+                       "frontends": ["web"]}])
+    async with api_client(cfg, parse(f"ops {TOKEN}\nci {OTHER}\n", "tokens")) as c:
+        yield c
 
 
 H = {"Authorization": f"Bearer {TOKEN}"}
@@ -218,23 +198,14 @@ async def test_revoke_refused_keeps_the_alias_for_a_retry(client):
 
 @pytest.fixture
 async def strict(tmp_path):
-    cfg = configuration.parse({
-        "state_dir": str(tmp_path / "state"),
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
-        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-                              "deployer": {"type": "file",
-                                           "path": str(tmp_path) + "/{node}/{certificate}"}}},
-        "domains": {"default_frontends": ["web"], "preflight": False},
+    cfg = api_config(
+        tmp_path, domains={"default_frontends": ["web"], "preflight": False},
         # the operator's own certificates may use internal names: syntax checks only
-        "certificates": [{"name": "intranet", "frontends": ["web"],
-                          "domains": ["router.lan", "metadata.google.internal", "x.onion",
-                                      "printer.local", "nas.home.arpa", "a.test"]}],
-    })
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, parse(f"ops {TOKEN}\n", "tokens"))
-        async with TestClient(TestServer(app)) as c:
-            c.certd = certd
-            yield c
+        certificates=[{"name": "intranet", "frontends": ["web"],
+                       "domains": ["router.lan", "metadata.google.internal", "x.onion",
+                                   "printer.local", "nas.home.arpa", "a.test"]}])
+    async with api_client(cfg, parse(f"ops {TOKEN}\n", "tokens")) as c:
+        yield c
 
 
 SPECIAL = "domain-special-use"
@@ -304,20 +275,11 @@ async def test_config_file_certificates_keep_internal_names(strict):
 
 
 async def test_allow_special_use_lets_the_operator_accept_a_tld(tmp_path):
-    cfg = configuration.parse({
-        "state_dir": str(tmp_path / "state"),
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
-        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-                              "deployer": {"type": "file",
-                                           "path": str(tmp_path) + "/{node}/{certificate}"}}},
-        "domains": {"default_frontends": ["web"], "preflight": False,
-                    "allow_special_use": ["test", "LAN."]},
-    })
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, parse(f"ops {TOKEN}\n", "tokens"))
-        async with TestClient(TestServer(app)) as c:
-            assert (await post(c, {"domain": "shop.test"})).status == 202
-            assert (await post(c, {"domain": "router.lan"})).status == 202
-            # only what is listed: .onion and pаypal stay refused
-            assert (await post(c, {"domain": "x.onion"})).status == 422
-            assert (await post(c, {"domain": "pаypal.test"})).status == 422
+    cfg = api_config(tmp_path, domains={"default_frontends": ["web"], "preflight": False,
+                                        "allow_special_use": ["test", "LAN."]})
+    async with api_client(cfg, parse(f"ops {TOKEN}\n", "tokens")) as c:
+        assert (await post(c, {"domain": "shop.test"})).status == 202
+        assert (await post(c, {"domain": "router.lan"})).status == 202
+        # only what is listed: .onion and pаypal stay refused
+        assert (await post(c, {"domain": "x.onion"})).status == 422
+        assert (await post(c, {"domain": "pаypal.test"})).status == 422

@@ -34,7 +34,6 @@ from certd.errors import AcmeError
 from certd.issuance.client import AcmeClient
 from certd.issuance.issuer import Issuer
 from certd.model import CertificateSpec, Event, Severity, utcnow
-from certd.store.sqlite import SqliteStore
 from certd.sweep import Sweeper
 
 DOMAIN = "hostile.example"
@@ -480,16 +479,6 @@ async def ca():
         yield fake
     finally:
         await fake.server.close()
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = SqliteStore(tmp_path / "certd.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _issue(ca: FakeCA, store, order_timeout: float = 1.5):

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import ssl
 import subprocess
 import sys
@@ -56,6 +55,8 @@ from certd.deployers.base import DeployResult, Target
 from certd.errors import ConfigError
 from certd.model import Alias, ProbeTarget, utcnow
 from certd.monitor import checks, probe
+from tests.certd_api import api_config_data
+from tests.lab.procs import free_port
 
 MARK = "ZZMARK<script>"  # put into hostile inputs; must never come back
 
@@ -490,26 +491,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON_CT = {"Content-Type": "application/json"}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def api_config(tmp_path: Path, api_port: int | None = None) -> dict:
-    return {
-        "state_dir": str(tmp_path / "state"),
-        # nothing listens there: background orders fail fast
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
-        "api": {"listen": f"127.0.0.1:{api_port or _port()}",
-                "tokens_file": str(tmp_path / "tokens")},
-        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-                              "deployer": {"type": "file",
-                                           "path": str(tmp_path) + "/{node}/{certificate}"}}},
-        "domains": {"default_frontends": ["web"], "preflight": False},
-        "certificates": [{"name": "portal.example.org", "domains": ["portal.example.org"],
-                          "frontends": ["web"]}],
-    }
+    return api_config_data(
+        tmp_path,
+        api={"listen": f"127.0.0.1:{api_port or free_port()}",
+             "tokens_file": str(tmp_path / "tokens")},
+        domains={"default_frontends": ["web"], "preflight": False},
+        certificates=[{"name": "portal.example.org", "domains": ["portal.example.org"],
+                       "frontends": ["web"]}])
 
 
 SEEDED = "seeded.example.com"
@@ -519,7 +508,7 @@ SEEDED = "seeded.example.com"
 async def client(tmp_path):
     """The API app behind certd's own listener (as the daemon serves it), one alias already
     stored (SEEDED); `request` as aiohttp's, relative to the listener."""
-    port = _port()
+    port = free_port()
     raw = api_config(tmp_path, port)
     (tmp_path / "tokens").write_text(f"ops {TOKEN}\n")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))

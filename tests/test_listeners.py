@@ -20,7 +20,7 @@ from certd.issuance.http01 import PATH_PREFIX
 from certd.listener import BAD_REQUEST, GuardedHandler, GuardedSite, Tally
 from certd.model import Challenge
 from certd.responder import NOT_FOUND, build_app
-from certd.store.sqlite import SqliteStore
+from tests.stores import opened_store
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
@@ -38,14 +38,10 @@ def limits(max_connections: int = 50, header: float = 30, idle: float = 30) -> L
 
 @pytest.fixture
 async def store(tmp_path):
-    s = SqliteStore(tmp_path / "certd.db")
-    await s.open()
-    await s.put_challenge(Challenge(TOKEN, KEY_AUTHORIZATION, "portal", "https://ca/authz/1",
-                                    T0 + timedelta(hours=1)))
-    try:
+    async with opened_store(tmp_path / "certd.db", challenges=[
+            Challenge(TOKEN, KEY_AUTHORIZATION, "portal", "https://ca/authz/1",
+                      T0 + timedelta(hours=1))]) as s:
         yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 
 import pytest
 import requests
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
 
-from certd import config as configuration
 from certd.api import app as api
 from certd.api.openapi import document
 from certd.api.tokens import parse
 from certd.app import open_certd
+from tests.certd_api import api_client, api_config
+from tests.lab.procs import free_port
 
 import schemathesis  # noqa: E402
 
@@ -29,33 +28,18 @@ H = {"Authorization": f"Bearer {TOKEN}"}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _config(tmp):
-    return configuration.parse({
-        "state_dir": str(tmp / "state"),
-        # nothing listens here: background orders fail fast
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
-        "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-                              "deployer": {"type": "file",
-                                           "path": str(tmp) + "/{node}/{certificate}"}}},
-        "domains": {"default_frontends": ["web"], "denied": ["blocked.example"],
-                    "per_token_per_hour": 1000, "allow_special_use": ["example"]},
-        "certificates": [{"name": "portal", "domains": ["portal.example.org"],
-                          "frontends": ["web"]}],
-    })
+    return api_config(
+        tmp, domains={"default_frontends": ["web"], "denied": ["blocked.example"],
+                      "per_token_per_hour": 1000, "allow_special_use": ["example"]},
+        certificates=[{"name": "portal", "domains": ["portal.example.org"],
+                       "frontends": ["web"]}])
 
 
 @pytest.fixture
 async def client(tmp_path):
-    async with open_certd(_config(tmp_path)) as certd:
-        app = api.build_app(certd, parse(f"ops {TOKEN}\n", "tokens"))
-        async with TestClient(TestServer(app)) as c:
-            yield c
+    async with api_client(_config(tmp_path), parse(f"ops {TOKEN}\n", "tokens")) as c:
+        yield c
 
 
 async def test_served_behind_the_token_and_same_as_document(client):
@@ -130,7 +114,7 @@ def live(tmp_path_factory):
     """certd's API on a free 127.0.0.1 port, served from its own thread and event loop (the
     schemathesis tests are synchronous and call it with requests)."""
     tmp = tmp_path_factory.mktemp("openapi")
-    port = _port()
+    port = free_port()
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()

@@ -20,6 +20,7 @@ from certd.preflight import WRONG_BODY, address_allowed, preflight
 from certd.responder import build_app
 from certd.store.sqlite import SqliteStore
 from tests.lab.procs import free_port
+from tests.stores import opened_store
 
 pytestmark = pytest.mark.lab
 
@@ -57,12 +58,8 @@ async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
 
 @pytest.fixture
 async def store(tmp_path):
-    s = SqliteStore(tmp_path / "db")
-    await s.open()
-    try:
+    async with opened_store(tmp_path / "db") as s:
         yield RecordingStore(s)
-    finally:
-        await s.close()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from certd.listener import BAD_REQUEST
 from certd.model import Challenge
 from certd.responder import NOT_FOUND, STATS, UNAVAILABLE, ChallengeStats, build_app
 from certd.store.sqlite import SqliteStore
+from tests.stores import opened_store
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"  # RFC 8555 §8.3's example token
@@ -31,16 +32,12 @@ def clock():
 
 @pytest.fixture
 async def store(tmp_path):
-    s = SqliteStore(tmp_path / "certd.db")
-    await s.open()
-    await s.put_challenge(Challenge(TOKEN, KEY_AUTHORIZATION, "portal", "https://ca/authz/1",
-                                    T0 + timedelta(hours=1)))
-    await s.put_challenge(Challenge(EXPIRED, EXPIRED + ".thumb", "portal",
-                                    "https://ca/authz/2", T0 - timedelta(seconds=1)))
-    try:
+    async with opened_store(tmp_path / "certd.db", challenges=[
+            Challenge(TOKEN, KEY_AUTHORIZATION, "portal", "https://ca/authz/1",
+                      T0 + timedelta(hours=1)),
+            Challenge(EXPIRED, EXPIRED + ".thumb", "portal", "https://ca/authz/2",
+                      T0 - timedelta(seconds=1))]) as s:
         yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

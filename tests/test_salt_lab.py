@@ -10,7 +10,12 @@ import pytest
 
 from certd import config as configuration
 from certd.app import challenge_listener, open_certd
-from tests.certd_lab import lab_config_data, served_serial
+from tests.certd_lab import (
+    deploy_past_a_planted_symlink,
+    lab_config_data,
+    served_serial,
+    web_deployer,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -100,22 +105,13 @@ async def test_bad_password_fails_cleanly(lab, salt_lab, tmp_path):
 
 # --- issue 10: removal touches only certd's files; a planted symlink is refused ---------------
 
-def _deployer(cfg, name):
-    from certd import deployers
-    from certd.model import CertificateSpec
-    from certd.rollout import targets
-
-    spec = CertificateSpec(name, (f"{name}.test",), ("web",))
-    return deployers.build(cfg.frontends["web"].deployer), targets(cfg, spec)
-
-
 async def test_salt_remove_leaves_operator_files_alone(lab, salt_lab, tmp_path):
     """fe1: an operator's directory at the path; fe2: a file. Never certd's: the minions'
     removal script leaves both alone and does not reload."""
     from certd.deployers.base import LEFT_ALONE
 
     cfg = salt_config(lab, salt_lab, tmp_path, "saltop")
-    deployer, chosen = _deployer(cfg, "saltop")
+    deployer, chosen = web_deployer(cfg, "saltop")
     lab.cert_dir("fe1", "saltop").mkdir(parents=True, exist_ok=True)
     (lab.cert_dir("fe1", "saltop") / "site.conf").write_text("fe1's\n")
     lab.cert_dir("fe2", "saltop").write_text("[req]\n")
@@ -143,22 +139,9 @@ async def test_salt_refuses_a_symlinked_versions_dir(lab, salt_lab, tmp_path):
     runs, so nothing lands in the victim; fe2 deploys."""
     import os
 
-    from tests.test_deploy_file import issued
-
     cfg = salt_config(lab, salt_lab, tmp_path, "saltplant")
-    deployer, chosen = _deployer(cfg, "saltplant")
-    certs = lab.cert_dir("fe1", "saltplant").parent
-    victim = certs.parent / "victim-saltplant"
-    victim.mkdir(exist_ok=True)
-    victim.chmod(0o755)
-    (victim / "precious.txt").write_text("do not touch\n")
-    (certs / ".saltplant.d").symlink_to("../victim-saltplant")
-    try:
-        results = {r.target.node: r for r in
-                   await deployer.deploy(chosen, issued("saltplant", "saltplant.test"))}
-    finally:
-        await deployer.close()
-        (certs / ".saltplant.d").unlink()
+    deployer, chosen = web_deployer(cfg, "saltplant")
+    results, _, victim = await deploy_past_a_planted_symlink(lab, deployer, chosen, "saltplant")
     assert not results["fe1"].ok and results["fe1"].kind == "refused", results["fe1"]
     assert results["fe1"].message == (
         f"salt[fe1]: {salt_lab.node_root}/certs/.saltplant.d is a symlink; "

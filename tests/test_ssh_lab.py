@@ -11,7 +11,12 @@ import pytest
 from certd import config as configuration
 from certd.app import challenge_listener, open_certd
 from certd.sweep import Sweeper
-from tests.certd_lab import lab_config_data, served_serial
+from tests.certd_lab import (
+    deploy_past_a_planted_symlink,
+    lab_config_data,
+    served_serial,
+    web_deployer,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -137,22 +142,13 @@ async def test_failing_canary_leaves_the_others_untouched(lab, ssh_nodes, tmp_pa
 
 # --- issue 10: removal touches only certd's files; a planted symlink is refused ---------------
 
-def _deployer(cfg, name):
-    from certd import deployers
-    from certd.model import CertificateSpec
-    from certd.rollout import targets
-
-    spec = CertificateSpec(name, (f"{name}.test",), ("web",))
-    return deployers.build(cfg.frontends["web"].deployer), targets(cfg, spec)
-
-
 async def test_ssh_remove_leaves_operator_files_alone(lab, ssh_nodes, tmp_path):
     """fe1 holds an operator's directory at the path, fe2 a symlink to one: certd never
     deployed there, so removal over SFTP leaves both (and what they point at) alone."""
     from certd.deployers.base import LEFT_ALONE
 
     cfg = ssh_config(lab, ssh_nodes, tmp_path, "opfiles")
-    deployer, chosen = _deployer(cfg, "opfiles")
+    deployer, chosen = web_deployer(cfg, "opfiles")
     for node in lab.nodes:
         own = lab.cert_dir(node.name, "opfiles-own")
         own.mkdir(parents=True, exist_ok=True)
@@ -178,22 +174,9 @@ async def test_ssh_refuses_a_symlinked_versions_dir(lab, ssh_nodes, tmp_path):
     """`.planted.d -> ../victim` on fe1: refused before anything is written; fe2 deploys."""
     import os
 
-    from tests.test_deploy_file import issued
-
     cfg = ssh_config(lab, ssh_nodes, tmp_path, "planted")
-    deployer, chosen = _deployer(cfg, "planted")
-    certs = lab.cert_dir("fe1", "planted").parent
-    victim = certs.parent / "victim-planted"
-    victim.mkdir(exist_ok=True)
-    victim.chmod(0o755)
-    (victim / "precious.txt").write_text("do not touch\n")
-    (certs / ".planted.d").symlink_to("../victim-planted")
-    try:
-        results = {r.target.node: r for r in
-                   await deployer.deploy(chosen, issued("planted", "planted.test"))}
-    finally:
-        await deployer.close()
-        (certs / ".planted.d").unlink()
+    deployer, chosen = web_deployer(cfg, "planted")
+    results, certs, victim = await deploy_past_a_planted_symlink(lab, deployer, chosen, "planted")
     assert not results["fe1"].ok and results["fe1"].kind == "refused"
     assert results["fe1"].message == (f"ssh[fe1]: {certs}/.planted.d is a symlink; "
                                       "refusing to write keys through it")

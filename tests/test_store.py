@@ -33,16 +33,6 @@ from certd.store.sqlite import SqliteStore
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = SqliteStore(tmp_path / "state" / "certd.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def cert(name="portal", serial="0a", *, days=90, issued=T0, domains=("a.example",)):
     return IssuedCertificate(
         name=name, serial=serial, domains=tuple(domains),

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,14 +27,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from certd import config as configuration
 from certd.api import app as api
 from certd.api.tokens import parse
-from certd.app import open_certd
 from certd.errors import StoreError
 from certd.model import Challenge, Event, utcnow
 from certd.responder import build_app
 from certd.store.sqlite import SqliteStore
+from tests.certd_api import api_client, api_config
+from tests.lab.procs import free_port
+from tests.stores import opened_store
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"  # RFC 8555 §8.3's example token
 KEY_AUTHORIZATION = TOKEN + ".nP1qzpXGymHBrUEepNY9HCsQk7K8KhOypzEt62jcerQ"
@@ -88,13 +88,8 @@ def challenge(token: str = TOKEN, key_authorization: str = KEY_AUTHORIZATION) ->
 
 @pytest.fixture
 async def store(tmp_path):
-    s = SqliteStore(tmp_path / "certd.db")
-    await s.open()
-    await s.put_challenge(challenge())
-    try:
+    async with opened_store(tmp_path / "certd.db", challenges=[challenge()]) as s:
         yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
@@ -180,28 +175,6 @@ async def test_challenge_written_by_another_process_is_served_at_once(store, res
 
 # --- API writes fail fast: 503 store-unavailable ------------------------------------------
 
-def api_config(state_dir: Path) -> configuration.Config:
-    return configuration.parse({
-        "state_dir": str(state_dir),
-        # nothing listens here: a background order fails at once, which these tests ignore
-        "acme": {"directory": "https://127.0.0.1:9/dir", "timeout": "1s"},
-        "frontends": {"web": {
-            "nodes": [{"name": "fe1", "address": "127.0.0.2"}],
-            "deployer": {"type": "file", "path": f"{state_dir.parent}/{{node}}/{{certificate}}"},
-        }},
-        "domains": {"default_frontends": ["web"]},
-    })
-
-
-@contextlib.asynccontextmanager
-async def api_client(cfg: configuration.Config):
-    async with open_certd(cfg) as certd:
-        app = api.build_app(certd, parse(f"ops {API_TOKEN}\n", "tokens"))
-        async with TestClient(TestServer(app), timeout=PATIENCE) as client:
-            client.certd = certd
-            yield client
-
-
 def assert_store_unavailable(status: int, headers, body: dict, text: str, cfg) -> None:
     assert status == 503, text
     assert headers["Content-Type"].startswith("application/problem+json")
@@ -217,8 +190,9 @@ def store_errors_logged(caplog, cfg) -> list[logging.LogRecord]:
 
 
 async def test_api_write_with_the_lock_held_elsewhere_is_a_quick_503(tmp_path, caplog):
-    cfg = api_config(tmp_path / "state")
-    async with api_client(cfg) as client:
+    cfg = api_config(tmp_path, domains={"default_frontends": ["web"]})
+    async with api_client(cfg, parse(f"ops {API_TOKEN}\n", "tokens"),
+                          timeout=PATIENCE) as client:
         with write_lock_held(cfg.database_path) as holder:
             # reads go on (WAL): listing answers while the lock is held
             async with client.get("/api/v1/domains", headers=AUTH) as resp:
@@ -278,8 +252,9 @@ def fill(directory: Path) -> Path:
 
 async def test_disk_full_is_a_503_with_a_log_line_and_reads_go_on(tmp_path, caplog):
     with tmpfs(tmp_path / "small", "size=4m,mode=0700") as mnt:
-        cfg = api_config(mnt / "state")
-        async with api_client(cfg) as client:
+        cfg = api_config(mnt, domains={"default_frontends": ["web"]})
+        async with api_client(cfg, parse(f"ops {API_TOKEN}\n", "tokens"),
+                              timeout=PATIENCE) as client:
             store = client.certd.store
             await store.put_challenge(challenge())
             # an empty WAL, so that the next commit must take new space on the disk
@@ -321,12 +296,6 @@ async def make_store(state_dir: Path) -> None:
     await s.close()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def certd_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "certd", "-c", str(config), *args],
                           capture_output=True, text=True, timeout=60)
@@ -334,8 +303,8 @@ def certd_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 def write_config(path: Path, state_dir: Path) -> Path:
     # free ports, should a `certd run` ever get as far as listening
-    path.write_text(f"state_dir: {state_dir}\nchallenge: {{listen: '127.0.0.1:{_port()}'}}\n"
-                    f"api: {{listen: '127.0.0.1:{_port()}'}}\n")
+    path.write_text(f"state_dir: {state_dir}\nchallenge: {{listen: '127.0.0.1:{free_port()}'}}\n"
+                    f"api: {{listen: '127.0.0.1:{free_port()}'}}\n")
     return path
 
 

@@ -3,24 +3,17 @@ when the budget frees; it never turns into thousands of refused attempts."""
 
 from __future__ import annotations
 
-import socket
-
 from certd import config as configuration
 from certd.app import open_certd
 from certd.budget import ORDER
 from certd.sweep import Sweeper
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.certd_api import unreachable_acme
 
 
 async def test_spent_budget_stops_the_sweep(tmp_path):
     cfg = configuration.parse({
         "state_dir": str(tmp_path / "state"),
-        "acme": {"directory": f"https://127.0.0.1:{_port()}/dir", "timeout": "1s"},
+        "acme": unreachable_acme(),
         "renewal": {"max_concurrent": 1, "budget": {"orders_per_3h": 2}},
         "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
                               "deployer": {"type": "file", "path": str(tmp_path) + "/{node}"}}},
