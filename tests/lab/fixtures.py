@@ -19,9 +19,15 @@ from .lab import Lab
 from .salt import SaltLab, salt_venv_missing
 from .sshd import SshLab, start_many
 
+# the fixtures that start lab processes: a test using any of them (directly or through
+# another fixture) is marked `lab`, so `-m "not lab"` starts none, whatever the file says
+LAB_FIXTURES = frozenset({"lab", "a2c", "ssh_nodes", "ssh_fleet", "salt_lab"})
+
 __all__ = [
+    "LAB_FIXTURES",
     "a2c",
     "lab",
+    "pytest_collection_modifyitems",
     "pytest_runtest_makereport",
     "pytest_runtest_makereport_salt",
     "pytest_runtest_makereport_sshd",
@@ -161,3 +167,9 @@ def pytest_runtest_makereport_salt(item: pytest.Item, call: pytest.CallInfo[None
     salt = getattr(item, "funcargs", {}).get("salt_lab")
     if report.failed and isinstance(salt, SaltLab):
         report.sections.append(("salt logs", salt.logs()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
