@@ -76,7 +76,7 @@ async def open_monitor(config: Config, certd: Certd) -> AsyncIterator[Monitor]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
     alerts = AlertBook(certd.store, [notifiers.build(n, session) for n in config.alerts.notifiers],
                        repeat=config.alerts.repeat, retries=config.alerts.retries,
-                       clock=certd.clock)
+                       group_window=config.alerts.group_window, clock=certd.clock)
     try:
         yield Monitor(certd, alerts, config.monitor, trust)
     finally:

@@ -1,7 +1,11 @@
 """`certd check [--json] [NAME...]`: run a monitor sweep now (every node x every name, plus
 `monitor.endpoints`), record the findings with alerting (notifiers hear what is new, as from
 the daemon: the dedupe state is in the shared store), print them, and exit like a Nagios
-plugin: 0 all good (or only info), 1 a warning, 2 an error or a critical finding."""
+plugin: 0 all good (or only info), 1 a warning, 2 an error or a critical finding.
+
+A (certificate, node) pair whose deployment has not finished is not judged: each of its names
+is listed with check `pending` (severity info, so it does not change the exit status), and
+`--json` counts them in `pending`."""
 
 from __future__ import annotations
 
@@ -47,11 +51,15 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     findings = sorted(report.findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.key))
     if args.json:
         json.dump({"probes": report.probes, "seconds": round(report.duration, 3),
-                   "findings": [_row(f) for f in findings]}, sys.stdout, indent=2)
+                   "pending": report.pending, "findings": [_row(f) for f in findings]},
+                  sys.stdout, indent=2)
         print()
     else:
         _table(findings)
-        print(f"{report.probes} probes, {len(findings)} findings in {report.duration:.1f} s")
+        waiting = (f" ({report.pending} pending: deployment not finished, not judged)"
+                   if report.pending else "")
+        print(f"{report.probes} probes, {len(findings)} findings in {report.duration:.1f} s"
+              + waiting)
     return exit_status(findings)
 
 

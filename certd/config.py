@@ -462,6 +462,8 @@ NotifierConfig = Annotated[
 class AlertsConfig(_Model):
     repeat: Duration = timedelta(hours=24)  # remind while a finding lasts
     retries: int = Field(default=3, ge=0, le=20)  # per notification, with backoff
+    # notices of this window go out per notifier as one digest per severity; 0: one by one
+    group_window: Duration = timedelta(seconds=30)
     notifiers: list[NotifierConfig] = Field(default_factory=lambda: [LogNotifierConfig(type="log")])
 
 
@@ -473,6 +475,13 @@ class RetentionConfig(_Model):
     # a superseded certificate's private key is wiped from the store this long after its
     # successor was issued (nodes keep their own previous set for rollback); 0s: at once
     previous_keys: Duration = timedelta(days=7)
+
+
+class DeployConfig(_Model):
+    """How deploy work is gathered into batches (one check and one reload per node each)."""
+
+    batch_window: Duration = timedelta(seconds=2)  # a batch closes this long after it opened
+    batch_max: int = Field(default=100, ge=1, le=10000)  # ... or at this many certificates
 
 
 class Config(_Model):
@@ -488,6 +497,7 @@ class Config(_Model):
     alerts: AlertsConfig = AlertsConfig()
     events: EventsConfig = EventsConfig()
     retention: RetentionConfig = RetentionConfig()
+    deploy: DeployConfig = DeployConfig()
     frontends: dict[Slug, FrontendConfig] = Field(default_factory=dict)
     certificates: list[CertificateConfig] = Field(default_factory=list)
 

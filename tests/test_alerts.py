@@ -16,6 +16,7 @@ from certd.config import WebhookNotifierConfig
 from certd.errors import NotifyError
 from certd.model import Alert, Finding, Notification, Severity
 from certd.monitor.alerts import AlertBook
+from certd.notifiers.base import digest_title, item_line
 from certd.notifiers.email import EmailNotifier
 from certd.notifiers.webhook import WebhookNotifier
 from certd.store.sqlite import SqliteStore
@@ -327,12 +328,13 @@ async def test_hanging_webhook_does_not_delay_email(store, clock, receiver, smtp
             await book.close()  # cancels the hanging send
 
 
+@pytest.mark.parametrize("window", [0, 0.2])  # one by one; grouped (alerts.group_window)
 async def test_lifecycle_reaches_webhook_and_mail_once(store, clock, receiver, smtp, ca,
-                                                       tmp_path):
+                                                       tmp_path, window):
     async with aiohttp.ClientSession() as session:
         hook = WebhookNotifier(WebhookNotifierConfig(type="webhook", url=receiver.url), session)
         mail = EmailNotifier(mail_config(tmp_path, smtp, ca))
-        book = book_for(store, [hook, mail], clock)
+        book = book_for(store, [hook, mail], clock, group_window=timedelta(seconds=window))
         try:
             await book.update([WARN])
             await book.drain(timeout=30)
@@ -375,3 +377,206 @@ async def test_event_forwarder_sends_new_failures_once(store, clock):
         await book.close()
     assert [(n.event, n.certificate, n.node, n.message) for n in rec.got] == [
         ("deploy.failed", "a", "fe2", "fe2: reload: exit 1")]
+
+
+# digests (alerts.group_window) -----------------------------------------------------------
+
+def fleet(count: int, severity: Severity = Severity.WARNING, check: str = "hostname",
+          message: str = "the name is not covered") -> list[Finding]:
+    """`count` certificate/node findings: certificates c00..., each on web/fe1 and web/fe2."""
+    return [replace(WARN, check=check, severity=severity, message=message,
+                    certificate=f"c{i // 2:02d}", domain=f"c{i // 2:02d}.example.com",
+                    node=f"web/fe{i % 2 + 1}") for i in range(count)]
+
+
+async def wait_for(predicate, seconds: float = 15) -> None:
+    for _ in range(int(seconds * 20)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+async def test_100_findings_one_digest_per_severity_then_one_resolved(
+        store, clock, receiver, smtp, ca, tmp_path):
+    """The lab's first-sweep flood, against a real webhook receiver and a real SMTP server:
+    each hears one message per severity (sent by the window's timer, not by drain), then one
+    grouped `resolved`; the dedupe state in the store is per finding as before."""
+    findings = fleet(60) + fleet(40, Severity.CRITICAL, "chain", "does not verify")[:40]
+    findings[60:] = [replace(f, certificate=f"k{i:02d}", domain=f"k{i:02d}.example.com")
+                     for i, f in enumerate(findings[60:])]
+    async with aiohttp.ClientSession() as session:
+        hook = WebhookNotifier(WebhookNotifierConfig(type="webhook", url=receiver.url), session)
+        mail = EmailNotifier(mail_config(tmp_path, smtp, ca))
+        book = book_for(store, [hook, mail], clock, group_window=timedelta(seconds=0.5))
+        try:
+            assert len(await book.update(findings)) == 100  # decided one by one, as before
+            assert len(await store.active_alerts()) == 100
+            await wait_for(lambda: len(receiver.bodies) == 2 and len(smtp.messages) == 2)
+            clock.advance(hours=1)
+            assert await book.update(findings) == []  # the next sweep: nothing new
+            await asyncio.sleep(1)  # longer than the window: nothing more arrives
+            assert (len(receiver.bodies), len(smtp.messages)) == (2, 2)
+            clock.advance(hours=1)
+            assert len(await book.update([])) == 100  # everything cleared
+            await wait_for(lambda: len(receiver.bodies) == 3 and len(smtp.messages) == 3)
+            await asyncio.sleep(1)
+        finally:
+            await book.close()
+    assert (len(receiver.bodies), len(smtp.messages)) == (3, 3)
+
+    # the two digests of the first window go out concurrently (4 workers): either order
+    crit, warn = sorted(receiver.bodies[:2], key=lambda b: b["severity"])
+    resolved = receiver.bodies[2]
+    got = (crit, warn, resolved)
+    assert [(b["event"], b["severity"], b["count"], b["events"]) for b in got] == [
+        ("digest", "critical", 40, {"finding": 40}), ("digest", "warning", 60, {"finding": 60}),
+        ("digest", "info", 100, {"resolved": 100})]
+    # today's keys are all there (null where a digest has no single value), plus the list
+    single = {"event", "severity", "certificate", "domain", "node", "check",
+              "days_remaining", "not_after", "message", "at", "text"}
+    assert set(warn) == single | {"count", "events", "items"}
+    assert warn["node"] is None and warn["message"] == "60 warning alerts: 60 new"
+    assert len(warn["items"]) == 60 and set(warn["items"][0]) == single - {"text"}
+    assert {(i["certificate"], i["node"]) for i in warn["items"]} == {
+        (f.certificate, f.node) for f in findings[:60]}
+    assert all(i["event"] == "finding" and i["check"] == "hostname" for i in warn["items"])
+    lines = warn["text"].split("\n")
+    assert lines[0] == ":warning: certd: 60 warning alerts: 60 new"
+    assert lines[1] == "• c00.example.com on web/fe1: the name is not covered"
+    assert len(lines) == 1 + 20 + 1 and lines[-1] == "… and 40 more"
+    assert crit["text"].startswith(":rotating_light: certd: 40 critical alerts: 40 new\n")
+    assert resolved["message"] == "100 findings resolved"
+    assert resolved["text"].startswith(":white_check_mark: certd: 100 findings resolved\n")
+    assert {(i["event"], i["check"]) for i in resolved["items"]} == {
+        ("resolved", "hostname"), ("resolved", "chain")}
+
+    subjects = sorted(m["Subject"] for m in smtp.messages[:2]) + [smtp.messages[2]["Subject"]]
+    assert subjects == ["[certd] CRITICAL 40 alerts: 40 new", "[certd] WARNING 60 alerts: 60 new",
+                        "[certd] RESOLVED 100 findings"]
+    [mail_warn] = [m for m in smtp.messages if m["Subject"].startswith("[certd] WARNING")]
+    body = mail_warn.get_content().splitlines()
+    assert body[0] == "60 warning alerts: 60 new"
+    assert body[2] == "- c00.example.com on web/fe1: the name is not covered"
+    assert len([x for x in body if x.startswith("- ")]) == 60  # all: under 100 lines
+    assert len([x for x in body if "web/fe1" in x]) == 30
+
+
+async def test_a_single_finding_keeps_the_single_notice_shape(store, clock, receiver):
+    async with aiohttp.ClientSession() as session:
+        hook = WebhookNotifier(WebhookNotifierConfig(type="webhook", url=receiver.url), session)
+        book = book_for(store, [hook], clock, group_window=timedelta(seconds=0.2))
+        try:
+            await book.update([WARN])
+            await wait_for(lambda: len(receiver.bodies) == 1)
+        finally:
+            await book.close()
+    [body] = receiver.bodies
+    assert set(body) == {"event", "severity", "certificate", "domain", "node", "check",
+                         "days_remaining", "not_after", "message", "at", "text"}
+    assert (body["event"], body["node"], body["check"]) == ("finding", "web/fe2", "expiry")
+    assert body["text"] == (":warning: certd: shop.example.com on web/fe2: certificate "
+                            "expires in 12.0 days (warning)")
+
+
+async def test_reminders_are_grouped_with_what_is_new(store, clock):
+    rec = Recorder()
+    book = book_for(store, [rec], clock, group_window=timedelta(minutes=5))
+    old, new = fleet(30), fleet(32)[30:]
+    try:
+        await book.update(old)
+        await book.drain(timeout=10)  # flushes at once: `certd check` does not wait
+        clock.advance(hours=25)
+        assert len(await book.update(old + new)) == 32  # 30 reminders, 2 new
+        await book.drain(timeout=10)
+    finally:
+        await book.close()
+    assert [(d.event, d.severity, len(d.items)) for d in rec.got] == [
+        ("digest", Severity.WARNING, 30), ("digest", Severity.WARNING, 32)]
+    second = rec.got[1]
+    assert second.events == {"reminder": 30, "finding": 2}
+    assert digest_title(second) == "32 warning alerts: 30 reminders, 2 new"
+    assert item_line(second.items[0]) == (
+        "c00.example.com on web/fe1: the name is not covered (reminder)")
+
+
+async def test_event_log_failures_join_the_digest(store, clock):
+    """Failures forwarded from the event log (deploy.failed ...) and findings of the same
+    window and severity: one message; notices that arrive later in the window join it."""
+    rec = Recorder()
+    book = book_for(store, [rec], clock, group_window=timedelta(seconds=0.5))
+    failed = Notification(event="deploy.failed", severity=Severity.ERROR, certificate="shop",
+                          node="web/fe2", message="ssh[fe2]: reload: exit 1")
+    try:
+        await book.notify(failed)
+        await asyncio.sleep(0.1)
+        await book.notify(replace(failed, node="web/fe1"))
+        await book.update(fleet(4, Severity.ERROR, "unreachable", "connect: refused"))
+        await book.notify(replace(failed, event="issue.failed", severity=Severity.WARNING,
+                                  node=None, message="urn:ietf:params:acme:error:dns"))
+        await wait_for(lambda: len(rec.got) == 2)
+        await asyncio.sleep(0.7)
+    finally:
+        await book.close()
+    digest, single = rec.got
+    assert (digest.severity, digest.events) == (Severity.ERROR, {"deploy.failed": 2,
+                                                                 "finding": 4})
+    assert digest_title(digest) == "6 error alerts: 4 new, 2 deploy.failed"
+    assert (single.event, single.severity) == ("issue.failed", Severity.WARNING)
+
+
+async def test_pending_findings_are_recorded_never_notified(store, clock):
+    rec = Recorder()
+    book = book_for(store, [rec], clock)
+    pending = replace(WARN, check="pending", severity=Severity.INFO,
+                      message="deployment in progress (began 3 s ago): not judged until "
+                              "it is done")
+    try:
+        assert await book.update([pending]) == []
+        [alert] = await book.active_alerts()  # the API and `certd check` show it
+        assert (alert.finding.check, alert.notified_at) == ("pending", None)
+        clock.advance(days=2)
+        assert await book.update([pending]) == []  # no reminder either
+        clock.advance(minutes=1)
+        assert await book.update([WARN]) == [_notice_of(WARN)]  # judged now: a real finding
+        assert [a.finding.check for a in await book.active_alerts()] == ["expiry"]
+        await book.drain(timeout=10)
+    finally:
+        await book.close()
+    assert [(n.event, n.check) for n in rec.got] == [("finding", "expiry")]
+
+
+def _notice_of(f: Finding):
+    from certd.monitor.alerts import _notice
+    return _notice("finding", f, T0 + timedelta(days=2, minutes=1))
+
+
+async def test_log_lines_name_each_thing_once(store, clock, caplog):
+    """From the check to the log line: 'finding: DOMAIN on NODE: what (severity)'."""
+    from certd.config import LogNotifierConfig
+    from certd.model import ProbeTarget
+    from certd.monitor.checks import evaluate, load_trust_store
+    from certd.monitor.probe import ProbeResult
+    from certd.notifiers.log import LogNotifier
+
+    target = ProbeTarget("shop.example.com", "127.0.0.1", 443, "web/fe1", "shop", "web")
+    found = evaluate(ProbeResult(target, "connect: refused"), expected=None,
+                     thresholds=None, trust=load_trust_store(None), now=T0)
+    log = LogNotifier(LogNotifierConfig(type="log"))
+    book = book_for(store, [log], clock, group_window=timedelta(minutes=1))
+    try:
+        with caplog.at_level(logging.INFO, logger="certd.alerts"):
+            await book.update(found)
+            await book.drain(timeout=10)
+            await book.update(fleet(3, Severity.ERROR, "unreachable", "connect: refused"),
+                              scope=lambda f: False)
+            await book.drain(timeout=10)
+    finally:
+        await book.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "certd.alerts"]
+    assert lines == [
+        "finding: shop.example.com on web/fe1: connect: refused (error)",
+        ("digest: 3 error alerts: 3 new: c00.example.com on web/fe1: connect: refused; "
+         "c00.example.com on web/fe2: connect: refused; c01.example.com on web/fe1: "
+         "connect: refused"),
+    ]

@@ -148,7 +148,9 @@ def test_unreachable():
     found = evaluate(ProbeResult(TARGET, "connect: refused"), expected=Expected("ab", None),
                      thresholds=THRESHOLDS, trust=TRUST, now=NOW)
     assert [(f.check, f.severity) for f in found] == [("unreachable", Severity.ERROR)]
-    assert "connect: refused" in found[0].message and "web/fe1" in found[0].message
+    # the message says what, the finding's domain and node say where: each named once
+    assert (found[0].node, found[0].domain, found[0].message) == (
+        "web/fe1", TARGET.domain, "connect: refused")
 
 
 @pytest.mark.parametrize("lifetime, age, severity", [

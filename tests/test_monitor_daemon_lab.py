@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +28,7 @@ from certd.api.tokens import parse
 from certd.app import open_certd, open_monitor
 
 from tests.certd_lab import Daemon, lab_config_data, write_config
+from tests.certd_lab import run_certd as certd
 from tests.lab import free_port
 from tests.notify_servers import SmtpServer, WebhookReceiver, mail_config
 
@@ -42,11 +41,6 @@ SITES = {"chk": [CHECKED], "mon": [WATCHED]}
 NODES = ("web/fe1", "web/fe2")
 TOKEN = "monitor-lab-token-0123456789"
 VALIDITY = 90 * 86400
-
-
-def certd(config_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "certd", "-c", str(config_path), *args],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def status(config_path: Path) -> dict[str, dict]:
@@ -120,8 +114,9 @@ def _checks(report: dict) -> set[tuple[str, str, str, str]]:
 def test_check_healthy_nodes_only_info(checked):
     cfg = _variant(checked, "ok")
     code, report = _check_json(cfg)
-    assert set(report) == {"probes", "seconds", "findings"}
+    assert set(report) == {"probes", "seconds", "pending", "findings"}
     assert report["probes"] == 2 and report["seconds"] >= 0
+    assert report["pending"] == 0  # deployed by `certd renew`: judged
     assert code == 0, report
     assert report["findings"], "pebble's certificates carry no revocation info: R29 is info"
     assert {f["severity"] for f in report["findings"]} == {"info"}, report
@@ -219,7 +214,8 @@ def _daemon_config(lab, pebble, root_file: Path, tmp_path: Path, certificates: l
     data["api"]["tokens_file"] = str(tokens)
     data["monitor"] = {"ca_bundle": str(root_file), "interval": "24h", "jitter": "0s",
                        "timeout": "5s"}
-    data["alerts"] = {"notifiers": notifiers}
+    # grouped as by default, in a shorter window (the forwarder already runs every 30 s)
+    data["alerts"] = {"notifiers": notifiers, "group_window": "2s"}
     return write_config(tmp_path / "c.yaml", data)
 
 

@@ -6,7 +6,11 @@ nobody answers is a finding, not a crash; /metrics says the same, parsed by prom
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -18,8 +22,8 @@ from certd import config as configuration
 from certd.api import app as api
 from certd.api.tokens import parse
 from certd.app import challenge_listener, open_certd, open_monitor
-from certd.model import utcnow
-from tests.certd_lab import lab_config_data, served_serial
+from certd.model import Deployment, DeployStatus, utcnow
+from tests.certd_lab import lab_config_data, served_serial, write_config
 from tests.lab import free_port
 from tests.notify_servers import SmtpServer, WebhookReceiver, mail_config
 
@@ -68,6 +72,11 @@ def _config(lab, tmp_path, pebble, webhook, mail, bundle):
     return configuration.parse(data)
 
 
+def _notices(bodies):
+    """The webhook's notices, digests unpacked into their items."""
+    return [i for b in bodies for i in (b["items"] if b["event"] == "digest" else [b])]
+
+
 def _by_check(findings, check):
     return sorted((f for f in findings if f.check == check), key=lambda f: f.node)
 
@@ -98,12 +107,17 @@ async def test_expiry_warning_once_then_resolved_and_a_stale_node(lab, pebbles, 
             assert not _by_check(report.findings, "stale")
             assert not _by_check(report.findings, "chain")
             await monitor.alerts.drain(20)
-            warned = [b for b in webhook.bodies if b["check"] == "expiry"]
+            # grouped (alerts.group_window): one message per severity, notices inside
+            assert len({b["severity"] for b in webhook.bodies}) == len(webhook.bodies)
+            warned = [b for b in _notices(webhook.bodies) if b["check"] == "expiry"]
             assert sorted((b["event"], b["node"], b["severity"]) for b in warned) == [
                 ("finding", "web/fe1", "warning"), ("finding", "web/fe2", "warning")]
             assert all(b["domain"] == DOMAIN and b["certificate"] == NAME
                        and 4.9 <= b["days_remaining"] <= 5.1 for b in warned)
-            assert len([m for m in smtp.messages if "expir" in m["Subject"].lower()]) == 2
+            [mailed] = [m.get_content() for m in smtp.messages
+                        if "expir" in m.get_content().lower()]
+            assert all(f"{DOMAIN} on web/{n}: expires in " in mailed
+                       for n in ("fe1", "fe2"))
             sent = (len(webhook.bodies), len(smtp.messages))
 
             later["at"] += timedelta(hours=1)  # the next sweep: same findings, no new notice
@@ -122,11 +136,14 @@ async def test_expiry_warning_once_then_resolved_and_a_stale_node(lab, pebbles, 
             report = await monitor.sweep()
             assert not _by_check(report.findings, "expiry")
             await monitor.alerts.drain(20)
-            resolved = [b for b in webhook.bodies[sent[0]:] if b["event"] == "resolved"]
+            resolved = [b for b in _notices(webhook.bodies[sent[0]:])
+                        if b["event"] == "resolved"]
             assert sorted((b["check"], b["node"]) for b in resolved) == [
                 ("expiry", "web/fe1"), ("expiry", "web/fe2")]
-            assert len([m for m in smtp.messages[sent[1]:]
-                        if "resolved" in m.get_content().lower()]) == 2
+            [mailed] = [m.get_content() for m in smtp.messages[sent[1]:]
+                        if "resolved" in m.get_content().lower()]
+            assert all(f"{DOMAIN} on web/{n}: resolved (was: expires in " in mailed
+                       for n in ("fe1", "fe2"))
 
             # fe2 is handed the old certificate by hand: stale there, and only there
             fe2 = lab.cert_dir("fe2", NAME).resolve()
@@ -170,3 +187,98 @@ async def test_expiry_warning_once_then_resolved_and_a_stale_node(lab, pebbles, 
                     (("domain", DOMAIN), ("node", "web/fe1")))]
     assert abs(left - (second.not_after - utcnow()).total_seconds()) < 120
     assert samples[("certd_renewals_total", (("result", "ok"),))] >= 2
+
+
+FLEET = 25  # certificates x 2 nodes = 50 certificate/node pairs, several findings each
+
+
+async def test_pending_pairs_are_not_judged_then_a_flood_arrives_as_digests(
+        lab, pebbles, receivers, tmp_path):
+    """The issue's first sweep: certificates issued, not yet deployed. While their deployment
+    has not begun (within `stale_grace` of issuance) or is in progress, each name is `pending`
+    (in the sweep, in `certd check --json`, in /api/v1/alerts) and nobody is notified. Judged
+    after that, the flood of findings (the nodes serve their fallback certificate) reaches the
+    real webhook receiver and SMTP server as at most one message per severity each; once
+    those certificates are gone, one grouped `resolved` each."""
+    short, _ = pebbles
+    webhook, smtp, mail = receivers
+    bundle = tmp_path / "roots.pem"
+    bundle.write_text(short.root_pem())
+    names = [f"fl{i:02d}" for i in range(FLEET)]
+    data = lab_config_data(lab, tmp_path / "state",
+                           [{"name": n, "domains": [f"{n}.flood.test"], "frontends": ["web"]}
+                            for n in names], short)
+    data["monitor"] = {"ca_bundle": str(bundle), "stale_grace": "10m", "protocols": False}
+    data["alerts"] = {"notifiers": [{"type": "webhook", "url": webhook.url},
+                                    mail.model_dump(mode="json", by_alias=True,
+                                                    exclude={"timeout"})]}
+    cfg = configuration.parse(data)
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        await asyncio.gather(*(certd.renew(n) for n in names))  # issued, not deployed
+        async with open_monitor(cfg, certd) as monitor:
+            report = await monitor.sweep()
+            assert report.probes == 0 and report.pending == 2 * FLEET
+            assert {(f.check, f.severity.value) for f in report.findings} == {("pending", "info")}
+            assert all("not deployed yet" in f.message for f in report.findings)
+            # `certd check`, another process on the same store, agrees
+            out = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "certd", "-c",
+                                 str(write_config(tmp_path / "c.yaml", data)), "check", "--json"],
+                capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            checked = json.loads(out.stdout)
+            assert checked["pending"] == 2 * FLEET and checked["probes"] == 0
+            assert {f["check"] for f in checked["findings"]} == {"pending"}
+            await monitor.alerts.drain(20)
+            assert (webhook.bodies, smtp.messages) == ([], [])
+
+            # a deploy in flight on fl00/fe1; everything else is judged (past the grace)
+            later = utcnow() + timedelta(minutes=11)
+            monitor.clock = lambda: later
+            cert = await certd.store.current_certificate("fl00")
+            await certd.store.put_deployment(Deployment(
+                "fl00", "web", "fe1", cert.serial, DeployStatus.DEPLOYING, "",
+                later - timedelta(seconds=5)))
+            report = await monitor.sweep()
+            pending = [(f.certificate, f.node) for f in report.findings if f.check == "pending"]
+            assert pending == [("fl00", "web/fe1")]
+            assert "deployment in progress" in report.findings[-1].message
+            judged = [f for f in report.findings if f.check != "pending"]
+            assert len({(f.certificate, f.node) for f in judged}) == 2 * FLEET - 1
+            assert len(judged) >= 2 * FLEET - 1 and report.notices == len(judged)
+            assert not any(f.certificate == "fl00" and f.node == "web/fe1" for f in judged)
+            await monitor.alerts.drain(20)
+
+            app = api.build_app(certd, parse(f"ops {TOKEN}\n", "tokens"), monitor=monitor)
+            async with TestClient(TestServer(app)) as client:
+                resp = await client.get("/api/v1/alerts",
+                                        headers={"Authorization": f"Bearer {TOKEN}"})
+                items = (await resp.json())["items"]
+    assert [(a["certificate"], a["node"], a["severity"]) for a in items
+            if a["check"] == "pending"] == [("fl00", "web/fe1", "info")]
+
+    severities = sorted({f.severity.value for f in judged})
+    assert sorted(b["severity"] for b in webhook.bodies) == severities  # one per severity
+    assert len(smtp.messages) == len(severities)
+    for body in webhook.bodies:
+        expected = [f for f in judged if f.severity.value == body["severity"]]
+        if len(expected) == 1:  # a group of one: today's single notice
+            assert body["event"] == "finding"
+            continue
+        assert (body["event"], body["count"]) == ("digest", len(expected))
+        assert {(i["certificate"], i["node"], i["check"]) for i in body["items"]} == {
+            (f.certificate, f.node, f.check) for f in expected}
+    sent = (len(webhook.bodies), len(smtp.messages))
+
+    # those certificates are gone from the configuration: their findings clear, grouped
+    gone = configuration.parse({**data, "certificates": [
+        {"name": "other", "domains": ["other.flood.test"], "frontends": ["web"]}]})
+    async with open_certd(gone) as certd, open_monitor(gone, certd) as monitor:
+        monitor.clock = lambda: later + timedelta(minutes=1)
+        report = await monitor.sweep()
+        await monitor.alerts.drain(20)
+    resolved = webhook.bodies[sent[0]:]
+    assert [(b["event"], b["events"], b["count"]) for b in resolved] == [
+        ("digest", {"resolved": len(judged)}, len(judged))]
+    assert [m["Subject"] for m in smtp.messages[sent[1]:]] == [
+        f"[certd] RESOLVED {len(judged)} findings"]

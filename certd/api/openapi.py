@@ -56,6 +56,8 @@ def _schemas() -> dict:
             "frontend": STR, "node": STR, "serial": STR,
             "status": {"type": "string", "enum": [s.value for s in DeployStatus]},
             "current": {"type": "boolean"}, "message": STR, "updated_at": TIME,
+            # the batch it went out in, and seconds from the batch's start on the node
+            "batch": _nullable(STR), "seconds": _nullable({"type": "number"}),
         }),
         "Certificate": _object({
             "name": STR,
@@ -105,7 +107,9 @@ def _schemas() -> dict:
         }),
         "Alert": _object({
             "check": {**STR, "description": "stable id: expiry, stale, chain, hostname, "
-                                            "unreachable, posture.*, protocol.*, hsts ..."},
+                                            "unreachable, posture.*, protocol.*, hsts ...; "
+                                            "pending (info): the deployment to that node "
+                                            "has not finished, not judged yet"},
             "severity": {"type": "string", "enum": ["info", "warning", "error", "critical"]},
             "domain": {**STR, "description": "the name probed; '*' for a whole node"},
             "node": {**STR, "description": "frontend/node, or address:port of an endpoint"},

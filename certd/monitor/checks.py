@@ -9,7 +9,8 @@ posture.aki (R28), posture.revocation (R29), protocol.ssl3, protocol.tls1.0,
 protocol.tls1.1, protocol.modern, hsts. (R-numbers: the ANSSI TLS guide.)
 
 Odd certificates never raise out of `evaluate`: what cannot be read becomes a `certificate`
-finding.
+finding. A message says what is wrong, not where: the finding's `domain` and `node` say that,
+and every view (notices, `certd check`, the API) shows them next to it, once.
 """
 
 from __future__ import annotations
@@ -93,11 +94,11 @@ def evaluate(result: ProbeResult, *, expected: Expected | None, thresholds: Thre
     base = Finding("", I, t.domain, t.node, "", certificate=t.certificate)
     if result.error is not None:
         return [replace(base, check="unreachable", severity=E,
-                        message=f"{t.node}: {t.domain}: {result.error}")]
+                        message=result.error)]
     found = _protocol_findings(result, base, thresholds)
     if not result.chain:
         return [replace(base, check="certificate", severity=E,
-                        message=f"{t.node}: {t.domain}: no certificate served"), *found]
+                        message="no certificate served"), *found]
     certs: list[x509.Certificate] = []
     problems: list[str] = []
     for i, der in enumerate(result.chain[:MAX_CHAIN]):
@@ -108,7 +109,7 @@ def evaluate(result: ProbeResult, *, expected: Expected | None, thresholds: Thre
             break
     if not certs:
         return [*found, replace(base, check="certificate", severity=E,
-                                message=f"{t.node}: {t.domain}: " + "; ".join(problems))]
+                                message="; ".join(problems))]
     not_after = certs[0].not_valid_after_utc
     base = replace(base, serial=serial_hex(certs[0]), not_after=not_after,
                    days_remaining=round((not_after - now).total_seconds() / 86400, 1))
@@ -123,7 +124,7 @@ def evaluate(result: ProbeResult, *, expected: Expected | None, thresholds: Thre
                             f"{type(exc).__name__}: {exc}")
     if problems:
         found.append(replace(base, check="certificate", severity=E,
-                             message=f"{t.node}: {t.domain}: " + "; ".join(problems)))
+                             message="; ".join(problems)))
     return _dedupe(found)
 
 
@@ -142,9 +143,7 @@ class _Context:
         return self.certs[0]
 
     def finding(self, check: str, severity: Severity, message: str) -> Finding:
-        t = self.result.target
-        return replace(self.base, check=check, severity=severity,
-                       message=f"{t.node}: {t.domain}: {message}")
+        return replace(self.base, check=check, severity=severity, message=message)
 
 
 Check = Callable[[_Context], list[Finding]]
@@ -160,19 +159,17 @@ def _dedupe(found: list[Finding]) -> list[Finding]:
 
 def _protocol_findings(result: ProbeResult, base: Finding,
                        thresholds: Thresholds) -> list[Finding]:
-    t = result.target
-    where = f"{t.node}: {t.domain}"
     found = [replace(base, check=PROTOCOL_CHECKS[p], severity=E,
-                     message=f"{where}: accepts {p} (legacy protocol)")
+                     message=f"accepts {p} (legacy protocol)")
              for p in result.legacy_protocols if p in PROTOCOL_CHECKS]
     if result.modern_protocols is False:
         found.append(replace(base, check="protocol.modern", severity=C,
-                             message=f"{where}: negotiated {result.tls_version}: "
+                             message=f"negotiated {result.tls_version}: "
                                      "no TLS 1.2 or 1.3"))
     if result.hsts_checked:
         problem = posture.hsts_problem(result.hsts, thresholds.hsts_min_age)
         if problem:
-            found.append(replace(base, check="hsts", severity=W, message=f"{where}: {problem}"))
+            found.append(replace(base, check="hsts", severity=W, message=problem))
     return found
 
 

@@ -5,6 +5,15 @@ certd believes it deployed, and hand the findings to alerting.
 Probes run `monitor.concurrency` at a time, each bounded by `monitor.timeout`. Legacy
 protocol handshakes are tried once per node address, not once per name. A node that answers
 no probe at all becomes one `unreachable` finding (domain '*'), not one per name.
+
+A (certificate, node) pair whose deployment has not finished is not probed nor judged (what the
+node serves there is not certd's certificate yet: a hostname mismatch would be noise). Each of
+its names becomes one `pending` finding (severity info; shown by `certd check` and the API,
+never notified). Pending means, with `monitor.stale_grace` (15 min) as the bound: the latest
+deployment row of the pair is `deploying` and began less than that ago, or there is no row at
+all and the current certificate was issued less than that ago (its deployment has not begun).
+A deployment that failed, or one stuck in `deploying` or never begun past that bound, is
+judged: that is a problem worth an alert.
 """
 
 from __future__ import annotations
@@ -14,14 +23,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 
 from certd.config import MonitorConfig
-from certd.model import CertDetails, Finding, ProbeTarget, Severity
+from certd.model import CertDetails, DeployStatus, Finding, ProbeTarget, Severity
 from certd.monitor import checks, probe
-from certd.monitor.alerts import AlertBook
+from certd.monitor.alerts import PENDING, AlertBook
 from certd.service import Certd
 
 log = logging.getLogger(__name__)
@@ -42,8 +51,9 @@ class MonitorReport:
     started_at: datetime
     duration: float = 0.0
     probes: int = 0
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # `pending` ones included
     notices: int = 0
+    pending: int = 0  # names not judged: their deployment to that node has not finished
 
 
 class Monitor:
@@ -96,6 +106,28 @@ class Monitor:
                             and dep.serial == cert.serial), cert.issued_at)
         return checks.Expected(cert.serial, deployed_at)
 
+    def pending(self, target: ProbeTarget, details: dict[str, CertDetails],
+                now: datetime) -> Finding | None:
+        """A `pending` finding when `target`'s deployment has not finished (see the module
+        docstring), else None."""
+        d = details.get(target.certificate) if target.certificate else None
+        if d is None or d.summary is None or target.frontend is None:
+            return None
+        node = target.node.split("/", 1)[1]
+        grace = self.config.stale_grace
+        row = next((dep for dep in d.deployments
+                    if dep.frontend == target.frontend and dep.node == node), None)
+        if row is None and now - d.summary.issued_at < grace:
+            why = f"not deployed yet (issued {_ago(now - d.summary.issued_at)} ago)"
+        elif (row is not None and row.status is DeployStatus.DEPLOYING
+              and now - row.updated_at < grace):
+            why = f"deployment in progress (began {_ago(now - row.updated_at)} ago)"
+        else:
+            return None
+        return Finding(PENDING, Severity.INFO, target.domain, target.node,
+                       f"{why}: not judged until it is done", certificate=target.certificate,
+                       serial=d.summary.serial, not_after=d.summary.not_after)
+
     # the sweep ---------------------------------------------------------------------------
     async def sweep(self, names: Sequence[str] | None = None) -> MonitorReport:
         """Probe everything (or only the certificates `names`), update alerting, return the
@@ -111,7 +143,16 @@ class Monitor:
         specs = [s.name for s in certd.specs() if names is None or s.name in names]
         details = await certd.store.details(specs)
         targets = self.targets(details, endpoints=names is None)
-        legacy = await self._legacy(targets) if self.config.protocols else {}
+        now = self.clock()
+        waiting: list[Finding] = []
+        probed: list[ProbeTarget] = []
+        for t in targets:
+            found = self.pending(t, details, now)
+            if found is None:
+                probed.append(t)
+            else:
+                waiting.append(found)
+        legacy = await self._legacy(probed) if self.config.protocols else {}
         limit = asyncio.Semaphore(self.config.concurrency)
         timeout = self.config.timeout.total_seconds()
         by_node: dict[str, list[Finding]] = {}
@@ -134,21 +175,29 @@ class Monitor:
             by_node.setdefault(target.node, []).extend(found)
             self._remember(target, result.chain, found)
 
-        await asyncio.gather(*(one(t) for t in targets))
-        report.probes = len(targets)
+        await asyncio.gather(*(one(t) for t in probed))
+        report.probes = len(probed)
         for node, found in by_node.items():
             if node in answered or len({f.domain for f in found}) < 2:
                 report.findings.extend(found)
             else:
                 report.findings.append(_node_down(node, found))
-        scope = None if names is None else (lambda f: f.certificate in names)
+        report.findings.extend(waiting)
+        report.pending = len(waiting)
+        # a pending pair's earlier alerts are left as they are: not judged, not resolved
+        unjudged = {(f.certificate, f.node) for f in waiting}
+        scope = None
+        if names is not None or unjudged:
+            def scope(f: Finding) -> bool:
+                return ((names is None or f.certificate in names)
+                        and (f.certificate, f.node) not in unjudged)
         report.notices = len(await self.alerts.update(report.findings, scope=scope))
         report.duration = time.monotonic() - t0
         if names is None:
             self._forget_gone(targets)
         self.last = report
-        log.info("monitor: swept %d probes (%d findings) in %.1f s", report.probes,
-                 len(report.findings), report.duration)
+        log.info("monitor: swept %d probes (%d findings, %d pending) in %.1f s", report.probes,
+                 len(report.findings) - report.pending, report.pending, report.duration)
         return report
 
     async def _legacy(self, targets: Iterable[ProbeTarget]) -> dict[tuple[str, int], tuple]:
@@ -186,5 +235,10 @@ def _node_down(node: str, found: list[Finding]) -> Finding:
     first = found[0]
     names = len({f.domain for f in found})
     return Finding("unreachable", Severity.ERROR, ALL_NAMES, node,
-                   f"{node}: no answer for any of {names} names: {first.message}")
+                   f"no answer for any of {names} names: {first.message}")
+
+
+def _ago(age: timedelta) -> str:
+    seconds = max(0, int(age.total_seconds()))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
 

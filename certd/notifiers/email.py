@@ -1,4 +1,5 @@
-"""The e-mail notifier: one plain-text message per notification over SMTP (aiosmtplib).
+"""The e-mail notifier: one plain-text message per notification (or per digest: a subject
+with the counts, a body listing the first DIGEST_LINES notices) over SMTP (aiosmtplib).
 
 STARTTLS on a plain connection (port 587) or implicit TLS (port 465), certificates verified
 against `ca_bundle` or the system store. The password is read from `password_file` at each
@@ -12,8 +13,8 @@ Errors: authentication failures, 5xx replies and TLS verification failures are p
 from __future__ import annotations
 
 import asyncio
-import ssl
 import email.policy
+import ssl
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -23,11 +24,19 @@ import aiosmtplib
 from certd.config import EmailNotifierConfig
 from certd.errors import NotifyError
 from certd.model import Notification, Severity
-from certd.notifiers.base import one_line, subject
+from certd.notifiers.base import (
+    Digest,
+    digest_counts,
+    digest_lines,
+    digest_title,
+    one_line,
+    subject,
+)
 
 # CRLF, RFC 2047 for non-ASCII; a header is folded only past RFC 5322's hard limit (the
 # subject is at most 200 characters), since folding "[certd] ..." leaves a leading space
 WIRE = email.policy.SMTP.clone(max_line_length=998)
+DIGEST_LINES = 100  # notices listed in a digest's body; "… and N more" after that
 
 
 class EmailNotifier:
@@ -37,20 +46,14 @@ class EmailNotifier:
         self.min_severity = Severity(config.min_severity)
         self._tls: ssl.SSLContext | None = None
 
-    def message(self, n: Notification) -> EmailMessage:
+    def message(self, n: Notification | Digest) -> EmailMessage:
         """The message as sent (exposed for tests and `certd notify --dry-run`-like uses)."""
+        if isinstance(n, Digest):
+            return self._digest(n)
         label = "RESOLVED" if n.event == "resolved" else n.severity.value.upper()
         if n.event == "reminder":
             label += " (reminder)"
-        msg = EmailMessage()
-        msg["Subject"] = one_line(f"[certd] {label} {subject(n)}: {n.message}", 200)
-        msg["From"] = self.config.sender
-        msg["To"] = ", ".join(self.config.to)
-        msg["Date"] = format_datetime(n.at)
-        # an explicit domain: make_msgid() would otherwise ask the resolver for our FQDN
-        domain = self.config.sender.rpartition("@")[2] or "certd.invalid"
-        msg["Message-ID"] = make_msgid("certd", domain=one_line(domain, 100))
-        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
+        msg = self._headers(f"[certd] {label} {subject(n)}: {n.message}", n)
         rows = [
             ("event", n.event), ("severity", n.severity.value), ("certificate", n.certificate),
             ("domain", n.domain), ("node", n.node), ("check", n.check),
@@ -61,6 +64,32 @@ class EmailNotifier:
         body = [one_line(n.message, 2000), ""]
         body += [f"{k + ':':<16}{one_line(v, 500)}" for k, v in rows if v is not None]
         msg.set_content("\n".join(body) + "\n\n-- \ncertd\n")
+        return msg
+
+    def _digest(self, d: Digest) -> EmailMessage:
+        """Subject '[certd] WARNING 100 alerts: 98 new, 2 reminders' (or '[certd] RESOLVED
+        100 findings'); the body: one line per notice, the first DIGEST_LINES."""
+        if d.resolved:
+            title = f"[certd] RESOLVED {len(d.items)} findings"
+        else:
+            title = f"[certd] {d.severity.value.upper()} {len(d.items)} alerts: {digest_counts(d)}"
+        msg = self._headers(title, d)
+        body = [one_line(digest_title(d), 500), ""]
+        body += digest_lines(d, DIGEST_LINES, bullet="- ")
+        body += ["", "`certd check` or GET /api/v1/alerts lists every active finding."]
+        msg.set_content("\n".join(body) + "\n\n-- \ncertd\n")
+        return msg
+
+    def _headers(self, subject_line: str, n: Notification | Digest) -> EmailMessage:
+        msg = EmailMessage()
+        msg["Subject"] = one_line(subject_line, 200)
+        msg["From"] = self.config.sender
+        msg["To"] = ", ".join(self.config.to)
+        msg["Date"] = format_datetime(n.at)
+        # an explicit domain: make_msgid() would otherwise ask the resolver for our FQDN
+        domain = self.config.sender.rpartition("@")[2] or "certd.invalid"
+        msg["Message-ID"] = make_msgid("certd", domain=one_line(domain, 100))
+        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
         return msg
 
     async def _tls_context(self) -> ssl.SSLContext:
@@ -80,7 +109,7 @@ class EmailNotifier:
                               notifier=self.name) from exc
         return text.rstrip("\r\n")
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification | Digest) -> None:
         c = self.config
         if c.username is not None and not (c.tls or c.starttls):
             raise NotifyError(f"{self.name}: refusing to send a password without TLS "

@@ -1,4 +1,5 @@
-"""The log notifier: one line on the `certd.alerts` logger, at the notification's severity."""
+"""The log notifier: one line on the `certd.alerts` logger, at the notification's severity (a
+digest: one line too, its title and first items, at the digest's severity)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 
 from certd.config import LogNotifierConfig
 from certd.model import Notification, Severity
-from certd.notifiers.base import summary
+from certd.notifiers.base import Digest, digest_summary, summary
 
 LEVELS = {
     Severity.INFO: logging.INFO,
@@ -22,10 +23,11 @@ class LogNotifier:
         self.min_severity = Severity(config.min_severity)
         self.logger = logger or logging.getLogger("certd.alerts")
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification | Digest) -> None:
         # summary() is one line: a finding's message cannot forge further log lines
-        self.logger.log(LEVELS[notification.severity], "%s: %s", notification.event,
-                        summary(notification))
+        text = (digest_summary(notification) if isinstance(notification, Digest)
+                else summary(notification))
+        self.logger.log(LEVELS[notification.severity], "%s: %s", notification.event, text)
 
     async def close(self) -> None:
         pass

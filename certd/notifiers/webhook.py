@@ -1,4 +1,5 @@
-"""The webhook notifier: POST the JSON payload (certd/notifiers/base.py) to a URL.
+"""The webhook notifier: POST the JSON payload (certd/notifiers/base.py: one notice, or a
+digest of several) to a URL.
 
 2xx is delivered; 5xx, 429, timeouts and connection failures are transient; any other status
 (4xx, a redirect, which is not followed) and a TLS verification failure are permanent."""
@@ -15,7 +16,7 @@ from certd import __version__
 from certd.config import WebhookNotifierConfig
 from certd.errors import NotifyError
 from certd.model import Notification, Severity
-from certd.notifiers.base import one_line, payload
+from certd.notifiers.base import Digest, body, one_line
 
 ERROR_BODY_LIMIT = 2048  # bytes of a failed response quoted in the error
 
@@ -37,7 +38,7 @@ class WebhookNotifier:
                     ssl.create_default_context, cafile=str(self.config.ca_bundle))
         return self._ssl
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification | Digest) -> None:
         headers = {"User-Agent": f"certd/{__version__}", **self.config.headers}
         timeout = aiohttp.ClientTimeout(total=self.config.timeout.total_seconds())
         try:
@@ -47,12 +48,12 @@ class WebhookNotifier:
                               notifier=self.name) from exc
         try:
             async with self.session.post(
-                self.config.url, json=payload(notification), headers=headers, timeout=timeout,
+                self.config.url, json=body(notification), headers=headers, timeout=timeout,
                 ssl=ssl_arg, allow_redirects=False,
             ) as resp:
                 if 200 <= resp.status < 300:
                     return
-                body = await _read_some(resp, ERROR_BODY_LIMIT)
+                answer = await _read_some(resp, ERROR_BODY_LIMIT)
                 status = resp.status
         except aiohttp.ClientConnectorCertificateError as exc:
             raise NotifyError(f"{self.name}: TLS: {exc.certificate_error}",
@@ -62,7 +63,7 @@ class WebhookNotifier:
             detail = (str(exc) or type(exc).__name__).replace(self.config.url, "<url>")
             raise NotifyError(f"{self.name}: {one_line(detail)}", notifier=self.name,
                               transient=True) from exc
-        text = one_line(body.decode("utf-8", "replace"), 300)
+        text = one_line(answer.decode("utf-8", "replace"), 300)
         raise NotifyError(
             f"{self.name}: HTTP {status}" + (f": {text}" if text else ""),
             notifier=self.name, transient=status >= 500 or status == 429,
