@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certd import keys  # noqa: E402
 from certd.config import SshDeployerConfig  # noqa: E402
-from certd.deployers.base import Target  # noqa: E402
+from certd.deployers.base import Target, placements  # noqa: E402
 from certd.deployers.ssh import SshDeployer  # noqa: E402
 from certd.model import IssuedCertificate  # noqa: E402
 from tests.lab.sshd import start_many  # noqa: E402
@@ -47,7 +47,7 @@ async def push(fleet, nodes: list[str], root: Path, max_parallel: int) -> float:
                              reload="true", timeout=10) for n in nodes]
     cert = certificate()
     t0 = time.perf_counter()
-    results = await deployer.deploy(targets, cert)
+    results = await deployer.deploy(placements(targets, cert))
     elapsed = time.perf_counter() - t0
     await deployer.close()
     bad = [r.message for r in results if not r.ok]

@@ -88,8 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="every configured certificate")
     c.add_argument("--force", action="store_true", help="order even if the current one is good")
     c.set_defaults(func=cmd_renew)
-    c = sub.add_parser("deploy", help="push the stored certificate to every node")
-    c.add_argument("names", nargs="+", metavar="NAME")
+    c = sub.add_parser("deploy", help="push the stored certificates to every node (in batches: "
+                       "one check and reload per node)")
+    which = c.add_mutually_exclusive_group(required=True)
+    which.add_argument("names", nargs="*", metavar="NAME", default=[])
+    which.add_argument("--all", action="store_true",
+                       help="every certificate that has one stored (aliases included)")
     c.set_defaults(func=cmd_deploy)
     cli_domains.add_parser(sub)
     cli_check.add_parser(sub)
@@ -254,10 +258,24 @@ def cmd_deploy(cfg: Config, args: argparse.Namespace) -> int:
     _check_names(cfg, args.names)
 
     async def main() -> int:
-        failed = 0
         async with open_certd(cfg) as certd:
-            for name in args.names:
-                failed += _print_deploy(name, await certd.deploy(name))
+            names = args.names
+            if args.all:
+                stored = await certd.store.overview()
+                names = [s.name for s in certd.specs()
+                         if (stored.get(s.name) or (None,))[0] is not None]
+            # all at once: they go out together, in batches of deploy.batch_max
+            outcomes = await asyncio.gather(*(certd.deploy(n) for n in names),
+                                            return_exceptions=True)
+        failed = 0
+        for name, outcome in zip(names, outcomes):
+            if isinstance(outcome, CertdError):
+                print(f"{name}: failed: {outcome}", file=sys.stderr)
+                failed += 1
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                failed += _print_deploy(name, outcome)
         return EXIT_FAILED if failed else 0
 
     return asyncio.run(main())

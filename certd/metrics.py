@@ -13,11 +13,17 @@ from collections import Counter
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from certd.model import utcnow
 from certd.monitor.runner import Monitor
 from certd.responder import ChallengeStats
+from certd.rollout import RolloutStats
 from certd.service import Certd
 from certd.sweep import Sweeper
 
@@ -31,6 +37,7 @@ class Sources:
     monitor: Monitor | None = None
     challenges: ChallengeStats | None = None
     sweeper: Sweeper | None = None
+    rollout: RolloutStats | None = None  # this process's deploys (reloads, batch sizes)
 
 
 class _Snapshot:
@@ -66,6 +73,8 @@ async def render(src: Sources) -> bytes:
         if kind.startswith("deploy.") and kind != "deploy.stopped":
             deploys.add_metric([kind.removeprefix("deploy.")], n)
     out += [renewals, deploys]
+    if src.rollout is not None:
+        out += _rollout(src.rollout)
 
     if src.challenges is not None:
         challenges = CounterMetricFamily("certd_challenge_requests",
@@ -88,6 +97,24 @@ async def render(src: Sources) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(out))
     return generate_latest(registry)
+
+
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def _rollout(stats: RolloutStats) -> list[Metric]:
+    """This process's deploys: reloads asked of each node, certificates per batch."""
+    reloads = CounterMetricFamily("certd_node_reloads", "Reload commands run on each node "
+                                  "by this process's deploys", labels=["frontend", "node"])
+    for (frontend, node), n in sorted(stats.reloads.items()):
+        reloads.add_metric([frontend, node], n)
+    sizes = HistogramMetricFamily("certd_deploy_batch_size",
+                                  "Certificates per deploy batch (this process)")
+    seen = stats.batch_sizes.items()
+    sizes.add_metric([], [(str(b), sum(n for size, n in seen if size <= b))
+                          for b in BATCH_BUCKETS] + [("+Inf", sum(n for _, n in seen))],
+                     sum_value=sum(size * n for size, n in seen))
+    return [reloads, sizes]
 
 
 def _monitor(monitor: Monitor, now) -> list[Metric]:

@@ -125,6 +125,8 @@ class Deployment:
     status: DeployStatus
     message: str = ""
     updated_at: datetime = field(default_factory=utcnow)
+    batch: str = ""  # the batch it went out in (one id per rollout of several certificates)
+    seconds: float | None = None  # from the batch's start on this node to this outcome
 
 
 @dataclass(frozen=True)

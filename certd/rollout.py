@@ -1,17 +1,28 @@
-"""Getting one stored certificate onto every node of its frontends, and proving it: batches
-by strategy (parallel, or rolling behind a canary), a TLS check of each node after its reload,
-rollback of a node that does not serve the new certificate, and a record per node."""
+"""Getting a batch of stored certificates onto every node of their frontends, and proving it.
+
+Per frontend group, the batch goes node by node as the strategy says (parallel; or rolling: the
+canary node takes the whole batch first, then max_parallel nodes at a time). On each node the
+deployer places every set, then checks and reloads once. A node whose check or reload fails
+for the batch is split in halves (bisection) until the certificate(s) it refuses are isolated:
+the others are deployed, the refused ones rolled back and recorded. Then every certificate is
+verified by a TLS handshake per name (bounded concurrency); one that is not served is rolled
+back alone on that node. Each (certificate, node) gets a record naming its batch and how long
+it took."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from certd import verify
 from certd.config import Config, FrontendConfig
-from certd.deployers.base import LEFT_ALONE, Deployer, DeployResult, Target
+from certd.deployers.base import LEFT_ALONE, Deployer, DeployResult, Placement, Target
 from certd.model import (
     CertificateSpec,
     Deployment,
@@ -26,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # a changed host key, a symlink planted where keys go: may be an attack, page someone
 CRITICAL_KINDS = ("host_key", "refused")
+BATCH_KINDS = ("check", "reload")  # failures of a node's whole batch: bisected
+VERIFY_CONCURRENCY = 32  # certificates being verified at once per step
 
 
 def targets(config: Config, spec: CertificateSpec) -> list[Target]:
@@ -43,13 +56,48 @@ def targets(config: Config, spec: CertificateSpec) -> list[Target]:
     return out
 
 
-def batches(targets: list[Target], frontend: FrontendConfig) -> list[list[Target]]:
-    """parallel: one batch (the deployer bounds it by max_parallel); rolling: the first node
-    alone (the canary), then max_parallel at a time."""
-    if frontend.deployer.strategy == "parallel" or len(targets) <= 1:
-        return [targets]
+def steps(nodes: list[str], frontend: FrontendConfig) -> list[list[str]]:
+    """parallel: every node at once (the deployer bounds it by max_parallel); rolling: the
+    first node alone (the canary), then max_parallel at a time."""
+    if frontend.deployer.strategy == "parallel" or len(nodes) <= 1:
+        return [nodes]
     step = frontend.deployer.max_parallel
-    return [targets[:1]] + [targets[i:i + step] for i in range(1, len(targets), step)]
+    return [nodes[:1]] + [nodes[i:i + step] for i in range(1, len(nodes), step)]
+
+
+def new_batch_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class Work:
+    """One certificate of a batch and the nodes it goes to."""
+
+    spec: CertificateSpec
+    cert: IssuedCertificate
+    targets: tuple[Target, ...]
+
+
+@dataclass
+class RolloutStats:
+    """This process's counters for /metrics: reload commands asked of each node, batch sizes."""
+
+    reloads: Counter = field(default_factory=Counter)  # (frontend, node) -> reloads
+    batch_sizes: Counter = field(default_factory=Counter)  # certificates per batch -> batches
+
+    def count_reloads(self, results: list[DeployResult]) -> None:
+        """A node reloaded if any of its results got past the reload (ok, or failing at it),
+        and again if a failed reload was undone."""
+        seen: dict[tuple[str, str], int] = {}
+        for r in results:
+            t = r.target
+            if not t.reload:
+                continue
+            ran = 1 if r.ok or r.kind == "reload" else 0
+            ran += 1 if r.kind == "reload" and r.rolled_back else 0
+            key = (t.frontend, t.node)
+            seen[key] = max(seen.get(key, 0), ran)
+        self.reloads.update(seen)
 
 
 class Rollout:
@@ -59,15 +107,28 @@ class Rollout:
         self.store = store
         self.deployers = deployers
         self.clock = clock
+        self.stats = RolloutStats()
 
     async def run(self, spec: CertificateSpec, cert: IssuedCertificate,
                   chosen: list[Target]) -> list[DeployResult]:
-        by_group: dict[str, list[Target]] = {}
-        for t in chosen:
-            by_group.setdefault(t.frontend, []).append(t)
-        groups = await asyncio.gather(*(self._group(spec, cert, g, ts)
-                                        for g, ts in by_group.items()))
-        return [r for results in groups for r in results]
+        """One certificate: a batch of one."""
+        return (await self.run_batch([Work(spec, cert, tuple(chosen))]))[spec.name]
+
+    async def run_batch(self, work: list[Work], batch: str | None = None
+                        ) -> dict[str, list[DeployResult]]:
+        """Every group's share of the batch at once; results per certificate name, in the
+        order of its targets."""
+        batch = batch or new_batch_id()
+        self.stats.batch_sizes[len(work)] += 1
+        specs = {w.spec.name: w.spec for w in work}
+        by_group: dict[str, list[Placement]] = {}
+        for w in work:
+            for t in w.targets:
+                by_group.setdefault(t.frontend, []).append(Placement(t, w.cert))
+        groups = await asyncio.gather(*(self._group(g, ps, specs, batch)
+                                        for g, ps in by_group.items()))
+        done = {r.target: r for results in groups for r in results}
+        return {w.spec.name: [done[t] for t in w.targets if t in done] for w in work}
 
     async def remove(self, spec: CertificateSpec, chosen: list[Target]) -> list[DeployResult]:
         """Delete the certificate's files from the nodes (all groups at once) and reload.
@@ -107,97 +168,200 @@ class Rollout:
     async def _deployed(self, chosen: list[Target]) -> set[tuple[str, str, str]]:
         """(certificate, frontend, node) where certd placed files that are not yet removed
         (a failed deploy counts: it may have written part of a set)."""
-        held: set[tuple[str, str, str]] = set()
-        for name in {t.certificate for t in chosen}:
-            held |= {(d.certificate, d.frontend, d.node)
-                     for d in await self.store.deployments(name)
-                     if d.status != DeployStatus.REMOVED}
-        return held
+        names = sorted({t.certificate for t in chosen})
+        details = await self.store.details(names)
+        return {(d.certificate, d.frontend, d.node) for name in names
+                for d in details[name].deployments if d.status != DeployStatus.REMOVED}
 
-    async def _group(self, spec: CertificateSpec, cert: IssuedCertificate, group: str,
-                     chosen: list[Target]) -> list[DeployResult]:
+    async def _group(self, group: str, batch: list[Placement],
+                     specs: dict[str, CertificateSpec], batch_id: str) -> list[DeployResult]:
+        """One group's share, step by step. Rolling: a certificate that fails on a step goes
+        no further (deploy.stopped names the nodes it left untouched); the others go on."""
         frontend = self.config.frontends[group]
-        deployer = self.deployers[group]
+        nodes = list(dict.fromkeys(p.target.node for p in batch))
+        plan = steps(nodes, frontend)
         out: list[DeployResult] = []
-        plan = batches(chosen, frontend)
-        for i, batch in enumerate(plan):
-            await self._claim(batch, cert)
-            results = await deployer.deploy(batch, cert)
-            if frontend.verify:
-                results = await self._verify(spec, cert, frontend, deployer, results)
-            for result in results:
-                await self._record(result, cert)
+        stopped: set[str] = set()
+        for i, step_nodes in enumerate(plan):
+            mine = [p for p in batch
+                    if p.target.node in step_nodes and p.cert.name not in stopped]
+            if not mine:
+                continue
+            results = await self._step(frontend, group, mine, specs, batch_id)
             out += results
-            if frontend.deployer.strategy == "rolling" and not all(r.ok for r in results):
-                left = [t.node for b in plan[i + 1:] for t in b]
+            if frontend.deployer.strategy != "rolling":
+                continue
+            for name in sorted({r.target.certificate for r in results if not r.ok}):
+                stopped.add(name)
+                left = [p.target.node for p in batch if p.cert.name == name
+                        and any(p.target.node in later for later in plan[i + 1:])]
                 if left:
-                    message = (f"rollout[{spec.name}/{group}]: stopped after "
-                               f"{'the canary' if i == 0 else 'a failed batch'}; "
-                               f"untouched: {', '.join(left)}")
-                    log.error("%s", message)
-                    await self.store.add_event(Event(
-                        "deploy.stopped", message, Severity.ERROR, certificate=spec.name,
-                        data={"frontend": group, "untouched": left, "serial": cert.serial}))
-                break
+                    await self._stopped(name, group, left, i == 0, batch_id,
+                                        next(p.cert.serial for p in batch if p.cert.name == name))
         return out
 
-    async def _claim(self, batch: list[Target], cert: IssuedCertificate) -> None:
+    async def _stopped(self, name: str, group: str, left: list[str], canary: bool,
+                       batch_id: str, serial: str) -> None:
+        message = (f"rollout[{name}/{group}]: stopped after "
+                   f"{'the canary' if canary else 'a failed batch'}; "
+                   f"untouched: {', '.join(left)}")
+        log.error("%s", message)
+        await self.store.add_event(Event(
+            "deploy.stopped", message, Severity.ERROR, certificate=name,
+            data={"frontend": group, "untouched": left, "serial": serial, "batch": batch_id}))
+
+    async def _step(self, frontend: FrontendConfig, group: str, batch: list[Placement],
+                    specs: dict[str, CertificateSpec], batch_id: str) -> list[DeployResult]:
+        """Some nodes' share: claim, deploy (bisecting batch-wide failures), verify, record."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deployer = self.deployers[group]
+        await self._claim(batch)
+        results = await self._deploy(deployer, batch)
+        finished = [loop.time()] * len(batch)
+        if frontend.verify:
+            results = await self._verify(frontend, deployer, batch, results, specs, finished)
+        for p, r, end in zip(batch, results, finished):
+            await self._record(r, p.cert, batch_id, end - started)
+        await self._batch_event(group, batch, results, batch_id, loop.time() - started)
+        return results
+
+    async def _deploy(self, deployer: Deployer, batch: list[Placement]) -> list[DeployResult]:
+        """The deployer's results, where a node's batch-wide failure was split until each
+        refused certificate stands alone (the nodes are bisected concurrently)."""
+        results = await deployer.deploy(batch)
+        self.stats.count_reloads(results)
+        by_node: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(results):
+            by_node.setdefault((r.target.frontend, r.target.node), []).append(i)
+
+        async def settle(indexes: list[int]) -> None:
+            budget = [4 * math.ceil(math.log2(max(2, len(indexes)))) + 4]
+            settled = await self._bisect(deployer, [batch[i] for i in indexes],
+                                         [results[i] for i in indexes], budget)
+            for i, r in zip(indexes, settled):
+                results[i] = r
+
+        await asyncio.gather(*(settle(ix) for ix in by_node.values()))
+        return results
+
+    async def _bisect(self, deployer: Deployer, batch: list[Placement],
+                      results: list[DeployResult], budget: list[int]) -> list[DeployResult]:
+        """One node. The placements that failed together (check or reload: the node's whole
+        batch was rolled back) are deployed again in halves, recursively, until each refused
+        one stands alone. `budget` caps the tries (a node whose check fails for everything
+        would otherwise cost 2n); what is left undecided keeps the batch's failure."""
+        together = [i for i, r in enumerate(results) if not r.ok and r.kind in BATCH_KINDS]
+        if len(together) < 2 or budget[0] <= 0:
+            return results
+        out = list(results)
+        middle = len(together) // 2
+        for half in (together[:middle], together[middle:]):
+            if budget[0] <= 0:
+                break
+            budget[0] -= 1
+            part = [batch[i] for i in half]
+            again = await deployer.deploy(part)
+            self.stats.count_reloads(again)
+            for i, r in zip(half, await self._bisect(deployer, part, again, budget)):
+                out[i] = r
+        return out
+
+    async def _claim(self, batch: list[Placement]) -> None:
         """Record the nodes about to receive files that have no record yet, before anything
         is written: killed between the write and `_record`, certd must still know, at
         removal, that a key may lie there."""
-        known = {(d.frontend, d.node) for d in await self.store.deployments(cert.name)
-                 if d.status != DeployStatus.REMOVED}
-        for t in batch:
-            if (t.frontend, t.node) not in known:
+        names = sorted({p.cert.name for p in batch})
+        details = await self.store.details(names)
+        known = {(d.certificate, d.frontend, d.node) for name in names
+                 for d in details[name].deployments if d.status != DeployStatus.REMOVED}
+        for p in batch:
+            t = p.target
+            if (t.certificate, t.frontend, t.node) not in known:
                 await self.store.put_deployment(Deployment(
                     t.certificate, t.frontend, t.node, "", DeployStatus.DEPLOYING,
-                    f"deploying serial {cert.serial}", self.clock()))
+                    f"deploying serial {p.cert.serial}", self.clock()))
 
-    async def _verify(self, spec: CertificateSpec, cert: IssuedCertificate,
-                      frontend: FrontendConfig, deployer: Deployer,
-                      results: list[DeployResult]) -> list[DeployResult]:
+    async def _verify(self, frontend: FrontendConfig, deployer: Deployer,
+                      batch: list[Placement], results: list[DeployResult],
+                      specs: dict[str, CertificateSpec], finished: list[float]
+                      ) -> list[DeployResult]:
+        """Every deployed certificate checked on its node (VERIFY_CONCURRENCY at a time); those
+        not served are rolled back together (one reload per node) and fail alone."""
         timeout = frontend.verify_timeout.total_seconds()
+        gate = asyncio.Semaphore(VERIFY_CONCURRENCY)
+        loop = asyncio.get_running_loop()
 
-        async def check(result: DeployResult) -> DeployResult:
-            if not result.ok:
-                return result
-            t = result.target
-            seen = await asyncio.gather(*(
-                verify.wait_serving(t.address, frontend.tls_port, name, cert.serial, timeout)
-                for name in spec.domains))
-            bad = [(name, what) for name, (ok, what) in zip(spec.domains, seen) if not ok]
-            if not bad:
-                return DeployResult(t, True, f"{result.message}; verified serving on "
-                                    f"{t.address}:{frontend.tls_port}", output=result.output)
-            name, what = bad[0]
-            [back] = await deployer.roll_back([t])
-            return DeployResult(
+        async def check(i: int) -> tuple[str, str] | None:
+            t, serial = batch[i].target, batch[i].cert.serial
+            domains = specs[t.certificate].domains
+            async with gate:
+                seen = await asyncio.gather(*(
+                    verify.wait_serving(t.address, frontend.tls_port, name, serial, timeout)
+                    for name in domains))
+            finished[i] = loop.time()
+            return next(((name, what) for name, (ok, what) in zip(domains, seen) if not ok),
+                        None)
+
+        deployed = [i for i, r in enumerate(results) if r.ok]
+        bad = dict(zip(deployed, await asyncio.gather(*(check(i) for i in deployed))))
+        failing = [i for i in deployed if bad[i] is not None]
+        backs = await deployer.roll_back([batch[i].target for i in failing]) if failing else []
+        self.stats.count_reloads([b for b in backs if b.rolled_back])
+        out = list(results)
+        for i in deployed:
+            t = batch[i].target
+            if bad[i] is None:
+                out[i] = DeployResult(t, True, f"{results[i].message}; verified serving on "
+                                      f"{t.address}:{frontend.tls_port}",
+                                      output=results[i].output)
+        for i, back in zip(failing, backs):
+            t, (name, what) = batch[i].target, bad[i]
+            out[i] = DeployResult(
                 t, False,
                 f"{deployer.kind}[{t.node}]: verify: {t.address}:{frontend.tls_port} "
-                f"serves {what} for {name}, not {cert.serial} after {timeout:g}s; "
+                f"serves {what} for {name}, not {batch[i].cert.serial} after {timeout:g}s; "
                 + (back.message if back.ok else f"rollback failed: {back.message}"),
-                rolled_back=back.ok, output=result.output + back.output, kind="verify")
+                rolled_back=back.ok, output=results[i].output + back.output, kind="verify")
+        return out
 
-        return list(await asyncio.gather(*(check(r) for r in results)))
-
-    async def _record(self, result: DeployResult, cert: IssuedCertificate) -> None:
+    async def _record(self, result: DeployResult, cert: IssuedCertificate, batch: str,
+                      seconds: float) -> None:
         t = result.target
         if result.ok:
             status, serial = DeployStatus.DEPLOYED, cert.serial
         else:
             status = DeployStatus.ROLLED_BACK if result.rolled_back else DeployStatus.FAILED
             serial = await self._held_serial(t)
-        await self.store.put_deployment(Deployment(t.certificate, t.frontend, t.node, serial,
-                                                   status, result.message, self.clock()))
+        await self.store.put_deployment(Deployment(
+            t.certificate, t.frontend, t.node, serial, status, result.message, self.clock(),
+            batch, round(seconds, 3)))
         kind = "deploy.ok" if result.ok else f"deploy.{result.kind or 'failed'}"
         severity = (Severity.INFO if result.ok else
                     Severity.CRITICAL if result.kind in CRITICAL_KINDS else Severity.ERROR)
         await self.store.add_event(Event(
             kind, result.message, severity, certificate=t.certificate, node=t.node,
             data={"frontend": t.frontend, "serial": cert.serial, "ok": result.ok,
-                  "rolled_back": result.rolled_back, "output": result.output[-4000:]},
+                  "rolled_back": result.rolled_back, "output": result.output[-4000:],
+                  "batch": batch},
         ))
         (log.info if result.ok else log.error)("%s", result.message)
+
+    async def _batch_event(self, group: str, batch: list[Placement],
+                           results: list[DeployResult], batch_id: str, seconds: float) -> None:
+        """One line per node and batch: how many certificates, how many made it, how long."""
+        nodes: dict[str, list[DeployResult]] = {}
+        for r in results:
+            nodes.setdefault(r.target.node, []).append(r)
+        for node, rs in nodes.items():
+            ok = sum(r.ok for r in rs)
+            message = (f"batch[{batch_id}] {group}/{node}: {ok} of {len(rs)} certificates "
+                       f"deployed in {seconds:.2f}s")
+            log.info("%s", message)
+            await self.store.add_event(Event(
+                "batch.done", message, Severity.INFO, node=node,
+                data={"frontend": group, "batch": batch_id, "size": len(rs), "ok": ok,
+                      "seconds": round(seconds, 3)}))
 
     async def _held_serial(self, target: Target) -> str:
         """After a failed deploy the node keeps what it had (rolled back), if we know it."""

@@ -14,6 +14,7 @@ from typing import Callable
 from cryptography import x509
 
 from certd import deployers, preflight, renewal, rollout
+from certd.batching import DeployQueue, Request
 from certd.budget import Budget
 from certd.config import Config, split_listen
 from certd.deployers.base import Deployer, DeployResult, Target
@@ -32,7 +33,7 @@ from certd.model import (
     Severity,
     utcnow,
 )
-from certd.rollout import Rollout
+from certd.rollout import Rollout, RolloutStats, Work
 from certd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,11 @@ class Certd:
         }
         self._orders = asyncio.Semaphore(config.renewal.max_concurrent)
         self._rollout = Rollout(config, store, deployers_by_frontend, clock)
+        self._renewing = 0  # renew() calls in progress: an open batch waits for them
+        self._queue = DeployQueue(self._deploy_batch,
+                                  window=config.deploy.batch_window.total_seconds(),
+                                  batch_max=config.deploy.batch_max,
+                                  busy=lambda: self._renewing > 0)
 
     # what should exist ----------------------------------------------------------------
     def specs(self) -> list[CertificateSpec]:
@@ -170,7 +176,16 @@ class Certd:
         since `requested_at`. Returns the current certificate, or None when another process
         holds the lease (and `wait` is false). Raises AcmeError, BudgetDeferred."""
         spec = self.spec(name)
-        requested_at = requested_at or self.clock()
+        self._renewing += 1
+        try:
+            return await self._renew(spec, force, wait, requested_at or self.clock())
+        finally:
+            self._renewing -= 1
+            self._queue.poke()  # the last order done: an open batch may close now
+
+    async def _renew(self, spec: CertificateSpec, force: bool, wait: bool,
+                     requested_at: datetime) -> IssuedCertificate | None:
+        name = spec.name
         lease = f"issue:{name}"
         if not await self._take_lease(lease, wait):
             log.info("certificate[%s]: another certd is issuing it; skipping", name)
@@ -293,18 +308,24 @@ class Certd:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + (self.config.acme.order_timeout + LEASE_MARGIN).total_seconds()
         while True:
-            now = self.clock()
-            until = now + self.config.acme.order_timeout + LEASE_MARGIN
-            if await self.store.acquire_lease(lease, self.owner, until, now):
-                return True
-            holder = await self.store.lease_holder(lease, now)
-            if holder and _dead_here(holder) and await self.store.take_over_lease(
-                    lease, holder, self.owner, until):
-                log.warning("lease %s: holder %s is dead; taken over", lease, holder)
+            if await self._try_lease(lease):
                 return True
             if not wait or loop.time() > give_up:
                 return False
             await asyncio.sleep(LEASE_POLL)
+
+    async def _try_lease(self, lease: str) -> bool:
+        """One try: take the lease, or take it over from a dead process on this host."""
+        now = self.clock()
+        until = now + self.config.acme.order_timeout + LEASE_MARGIN
+        if await self.store.acquire_lease(lease, self.owner, until, now):
+            return True
+        holder = await self.store.lease_holder(lease, now)
+        if holder and _dead_here(holder) and await self.store.take_over_lease(
+                lease, holder, self.owner, until):
+            log.warning("lease %s: holder %s is dead; taken over", lease, holder)
+            return True
+        return False
 
     async def _failed(self, name: str, exc: AcmeError) -> None:
         state = await self.store.get_state(name) or CertificateState(name)
@@ -332,37 +353,99 @@ class Certd:
     async def deploy(self, name: str, *, only_stale: bool = False) -> list[DeployResult]:
         """Push the stored certificate to every node of its frontends (or, with `only_stale`,
         to the nodes that do not hold it yet), verify each node serves it, roll back those
-        that do not. Raises CertdError if nothing is stored."""
-        lease = f"deploy:{name}"
-        if not await self._take_lease(lease, wait=True):
-            raise CertdError(f"certificate[{name}]: another certd keeps deploying it")
+        that do not. It goes out in the next batch (certd/batching.py) with whatever else is
+        deployable by then. Raises CertdError if nothing is stored."""
+        self.spec(name)  # unknown names fail here, not in someone else's batch
+        return await self._queue.submit(name, only_stale)
+
+    @property
+    def rollout_stats(self) -> RolloutStats:
+        return self._rollout.stats
+
+    async def _deploy_batch(self, requests: list[Request]) -> None:
+        """A closed batch: the `deploy:NAME` lease of each certificate (one whose lease another
+        process holds waits for it, then joins a later batch), then one rollout for all, then
+        every request settled."""
+        wanted: dict[str, list[Request]] = {}
+        for r in requests:
+            wanted.setdefault(r.name, []).append(r)
+        taken = []
+        for name, rs in wanted.items():
+            if await self._try_lease(f"deploy:{name}"):
+                taken.append(name)
+            else:
+                for r in rs:
+                    asyncio.get_running_loop().create_task(self._after_lease(r))
         try:
-            return await self._deploy(name, only_stale)
+            outcome = await self._deploy_many(
+                {n: all(r.only_stale for r in wanted[n]) for n in taken})
         finally:
-            await self.store.release_lease(lease, self.owner)
+            for name in taken:
+                await self.store.release_lease(f"deploy:{name}", self.owner)
+        for name in taken:
+            for r in wanted[name]:
+                if r.future.done():
+                    continue
+                if isinstance(outcome[name], Exception):
+                    r.future.set_exception(outcome[name])
+                else:
+                    r.future.set_result(outcome[name])
 
-    async def _deploy(self, name: str, only_stale: bool) -> list[DeployResult]:
-        spec = self.spec(name)
-        cert = await self.store.current_certificate(name)
-        if cert is None:
-            raise CertdError(f"certificate[{name}]: nothing stored to deploy; run renew first")
-        targets = self.targets(spec)
-        if only_stale:
-            done = await self._holding(name, cert.serial)
-            targets = [t for t in targets if (t.frontend, t.node) not in done]
-        results = await self._rollout.run(spec, cert, targets)
-        done = await self._holding(name, cert.serial)
-        if all((t.frontend, t.node) in done for t in self.targets(spec)):
-            await self._set_state(name, status=CertStatus.DEPLOYED)
-        return results
+    async def _after_lease(self, request: Request) -> None:
+        """Another process deploys this certificate: wait for its lease, then queue again."""
+        try:
+            if await self._take_lease(f"deploy:{request.name}", wait=True):
+                self._queue.put(request)
+            elif not request.future.done():
+                request.future.set_exception(CertdError(
+                    f"certificate[{request.name}]: another certd keeps deploying it"))
+        except Exception as exc:  # the caller must not wait forever
+            if not request.future.done():
+                request.future.set_exception(exc)
 
-    async def _holding(self, name: str, serial: str) -> set[tuple[str, str]]:
-        return {(d.frontend, d.node) for d in await self.store.deployments(name)
-                if d.serial == serial and d.status is DeployStatus.DEPLOYED}
+    async def _deploy_many(self, only_stale: dict[str, bool]
+                           ) -> dict[str, list[DeployResult] | Exception]:
+        """Under the leases: what each certificate still needs (checked again: another
+        process may have deployed it meanwhile), one rollout, the certificates' states."""
+        out: dict[str, list[DeployResult] | Exception] = {}
+        work: list[Work] = []
+        names = list(only_stale)
+        details = await self.store.details(names)
+        for name in names:
+            try:
+                spec = self.spec(name)
+            except CertdError as exc:  # an alias removed while it waited
+                out[name] = exc
+                continue
+            cert = await self.store.current_certificate(name)
+            if cert is None:
+                out[name] = CertdError(f"certificate[{name}]: nothing stored to deploy; "
+                                       "run renew first")
+                continue
+            chosen = self.targets(spec)
+            if only_stale[name]:
+                done = _holding(details[name].deployments, cert.serial)
+                chosen = [t for t in chosen if (t.frontend, t.node) not in done]
+            work.append(Work(spec, cert, tuple(chosen)))
+        results = await self._rollout.run_batch([w for w in work if w.targets]) if work else {}
+        after = await self.store.details([w.spec.name for w in work])
+        for w in work:
+            out[w.spec.name] = results.get(w.spec.name, [])
+            done = _holding(after[w.spec.name].deployments, w.cert.serial)
+            if all((t.frontend, t.node) in done for t in self.targets(w.spec)):
+                await self._set_state(w.spec.name, status=CertStatus.DEPLOYED)
+        return out
 
     async def close(self) -> None:
+        await self._queue.close()
         for deployer in set(self.deployers.values()):
             await deployer.close()
+
+
+def _holding(deployments, serial: str) -> set[tuple[str, str]]:
+    """(frontend, node) that hold `serial`, deployed."""
+    return {(d.frontend, d.node) for d in deployments
+            if d.serial == serial and d.status is DeployStatus.DEPLOYED}
 
 
 def build_deployers(config: Config) -> dict[str, Deployer]:

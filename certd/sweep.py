@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -63,10 +64,23 @@ class Sweeper:
             if decision.ari_checks and await self._offers_ari():
                 await self._check_ari(decision.ari_checks)
                 decision = await self.decide()
-            outcomes, budget_frees = await self._renew_due(decision.due)
+            # deploys go into batches as soon as there is something to deploy: issuance does
+            # not wait for them, and a certificate issued early does not wait for the sweep
+            deploys: dict[str, asyncio.Task] = {}
+            due = {d.name for d in decision.due}
+            pending = set(decision.deploy)
+
+            def deployable(name: str) -> None:
+                if name not in deploys:
+                    deploys[name] = asyncio.create_task(self._deploy(name))
+
+            for name in decision.deploy:
+                if name not in due:  # due ones go after their renewal: the new certificate
+                    deployable(name)
+            outcomes, budget_frees = await self._renew_due(
+                decision.due, lambda name, ok: (ok or name in pending) and deployable(name))
+            await asyncio.gather(*deploys.values())
             renewed = [name for name, ok in outcomes if ok]
-            for name in dict.fromkeys(renewed + decision.deploy):
-                await self._deploy(name)
             if renewed or any(not ok for _, ok in outcomes):
                 decision = await self.decide()  # new certificates, new backoffs: new wake time
             wake = decision.wake_at
@@ -80,7 +94,7 @@ class Sweeper:
                      result.wake_at.isoformat(timespec="seconds") if result.wake_at else "-")
             return result
 
-    async def _renew_due(self, due: list[renewal.Due]
+    async def _renew_due(self, due: list[renewal.Due], done: Callable[[str, bool], object]
                          ) -> tuple[list[tuple[str, bool]], datetime | None]:
         """Most urgent first, max_concurrent at a time. When the account's order budget is
         spent, stop: the rest stays due and goes when the budget frees (no point asking the
@@ -93,7 +107,9 @@ class Sweeper:
             for item in queue:
                 if stop:
                     return
-                outcomes.append(await self._renew(item, stop))
+                outcome = await self._renew(item, stop)
+                outcomes.append(outcome)
+                done(*outcome)
 
         workers = min(len(due), self.certd.config.renewal.max_concurrent)
         await asyncio.gather(*(worker() for _ in range(workers)))
@@ -126,9 +142,9 @@ class Sweeper:
 
     async def deploy_sync(self) -> None:
         """Bring every node up to date with the current certificate (nodes that were down)."""
-        for spec in self.certd.specs():
-            if await self.store.current_certificate(spec.name) is not None:
-                await self._deploy(spec.name)
+        overview = await self.store.overview()
+        await asyncio.gather(*(self._deploy(spec.name) for spec in self.certd.specs()
+                               if (overview.get(spec.name) or (None,))[0] is not None))
 
     # ARI ----------------------------------------------------------------------------------
     async def _offers_ari(self) -> bool:

@@ -41,7 +41,8 @@ def build_view(certd: Certd, spec: CertificateSpec, details: CertDetails, now: d
         "deployments": [
             {"frontend": d.frontend, "node": d.node, "serial": d.serial,
              "status": d.status.value, "current": bool(cert and d.serial == cert.serial),
-             "message": d.message, "updated_at": d.updated_at.isoformat()}
+             "message": d.message, "updated_at": d.updated_at.isoformat(),
+             "batch": d.batch or None, "seconds": d.seconds}
             for d in deps
         ],
         "last_error": state.last_error if state else None,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
+import shlex
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -17,6 +19,7 @@ import yaml
 from certd import config as configuration
 from certd.config import Config
 from tests.lab import Lab, Pebble, free_port, wait_until
+from tests.lab.procs import log_tail, stop_process
 
 
 def lab_config_data(lab: Lab, state_dir: Path, certificates: list[dict],
@@ -64,9 +67,27 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
+def certd_argv(config_path: Path | None, *args: str) -> list[str]:
+    """`python -m certd [-c config_path] args...` with this interpreter."""
+    config = ["-c", str(config_path)] if config_path is not None else []
+    return [sys.executable, "-m", "certd", *config, *args]
+
+
+def run_certd(config_path: Path | None, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """One `certd` command (`certd -c config_path args...`; no `-c` for None) as a real
+    subprocess, waited for (killed by PID at `timeout`); stdout and stderr captured as text
+    (UTF-8, undecodable bytes replaced). `env` is layered over this process's environment,
+    from which `CERTD_CONFIG` is left out (the config is the one given, or the default)."""
+    base = {k: v for k, v in os.environ.items() if k != "CERTD_CONFIG"}
+    return subprocess.run(certd_argv(config_path, *args), capture_output=True, check=False,
+                          encoding="utf-8", errors="replace", timeout=timeout, cwd=cwd,
+                          env={**base, **(env or {})})
+
+
 class Daemon:
-    """`certd run` as a real subprocess; stopped by PID. `nofile` sets its soft file limit
-    (systemd's default is 1,024)."""
+    """`certd run` as a real subprocess in its own session; stopped by PID. `nofile` sets
+    its soft file limit (systemd's default is 1,024)."""
 
     def __init__(self, config_path: Path, log_path: Path, *, nofile: int | None = None):
         self.log_path = log_path
@@ -77,7 +98,7 @@ class Daemon:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "certd", "-c", str(config_path), "run"],
+            certd_argv(config_path, "run"),
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             preexec_fn=limit_files if nofile else None,
@@ -86,10 +107,14 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the log, for a failure report."""
+        return log_tail(self.log_path, lines)
+
     def wait_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
         def seen():
             if self.proc.poll() is not None:
-                raise AssertionError(f"certd exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+                raise AssertionError(f"certd exited {self.proc.returncode}:\n{self.log_tail()}")
             return self.log().count(text) >= count
 
         wait_until(seen, timeout, what=f"certd log to show {text!r} x{count}")
@@ -98,19 +123,14 @@ class Daemon:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        """SIGTERM to certd alone (it shuts down what it started), its group killed after
+        `timeout` s and reaped; the exit status."""
+        code = stop_process(self.proc, timeout, whole_group=False)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def kill9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
+        stop_process(self.proc, term=False)
         self._log.close()
 
 
@@ -161,6 +181,7 @@ async def deploy_past_a_planted_symlink(lab: Lab, deployer, chosen, name: str):
     """`.{name}.d -> ../victim-{name}` planted in fe1's certs directory (the victim: mode 0755,
     holding precious.txt); `name` deployed to `chosen`, then the deployer closed and the link
     removed. Returns (results by node, fe1's certs directory, the victim)."""
+    from certd.deployers.base import placements
     from tests.test_deploy_file import issued
 
     certs = lab.cert_dir("fe1", name).parent
@@ -171,8 +192,29 @@ async def deploy_past_a_planted_symlink(lab: Lab, deployer, chosen, name: str):
     (certs / f".{name}.d").symlink_to(f"../victim-{name}")
     try:
         results = {r.target.node: r for r in
-                   await deployer.deploy(chosen, issued(name, f"{name}.test"))}
+                   await deployer.deploy(placements(chosen, issued(name, f"{name}.test")))}
     finally:
         await deployer.close()
         (certs / f".{name}.d").unlink()
     return results, certs, victim
+
+
+def counted_reload(lab: Lab, counter: Path) -> str:
+    """The lab's reload command behind a wrapper that first appends the node's name to
+    `counter`: reloads per node counted from the node's side."""
+    wrapper = shlex.quote(f'echo "$0" >> {shlex.quote(str(counter))}; exec "$@"')
+    return f"sh -c {wrapper} {{node}} {lab.reload_command}"
+
+
+def reloads_per_node(counter: Path) -> dict[str, int]:
+    return dict(Counter(counter.read_text().split())) if counter.exists() else {}
+
+
+def deployed_rows(database: Path) -> int:
+    """Deployments recorded `deployed` in a store another process writes (read-only)."""
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM deployments WHERE status = 'deployed'"
+                              ).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

@@ -14,12 +14,13 @@ import pytest
 
 from certd import deployers
 from certd.config import FileDeployerConfig
-from certd.deployers.base import Target, file_set
+from certd.deployers.base import Target, file_set, placements
 from certd.deployers.file import FileDeployer
 from certd.deployers import layout
 from certd.deployers.local import LocalFS, run_command
 from certd.keys import cert_info, cert_to_pem, generate_key, key_to_pem, self_signed
 from certd.model import IssuedCertificate
+from tests.lab.procs import LabError, running, wait_until
 
 PY = shlex.quote(sys.executable)
 
@@ -64,7 +65,7 @@ class OneNode:
         self.built = built
 
     async def deploy(self, target: Target, cert: IssuedCertificate):
-        [result] = await self.built.deploy([target], cert)
+        [result] = await self.built.deploy(placements([target], cert))
         return result
 
     async def roll_back(self, target: Target):
@@ -237,18 +238,12 @@ async def test_reload_timeout_fails_cleanly(template, tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for a reaper counts as gone)."""
-    import time
-
-    for _ in range(100):  # bounded: a killed process disappears promptly
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        if state in ("Z", "X"):
-            return False
-        time.sleep(0.05)
-    return True
+    """True while `pid` still runs after 5 s (a zombie waiting for a reaper counts as gone)."""
+    try:  # bounded: a killed process disappears promptly
+        wait_until(lambda: not running(pid), 5.0, interval=0.05, what=f"pid {pid} to end")
+    except LabError:
+        return True
+    return False
 
 
 async def test_missing_command_fails_cleanly(template):

@@ -16,7 +16,7 @@ from certd import config as configuration
 from certd import deployers
 from certd.config import FileDeployerConfig
 from certd.deployers import layout
-from certd.deployers.base import LEFT_ALONE, Target, file_set
+from certd.deployers.base import LEFT_ALONE, Target, file_set, placements
 from certd.deployers.local import LocalFS
 from certd.deployers.salt import guard_script, remove_script, switch_script
 from certd.model import CertificateSpec, Deployment, DeployStatus
@@ -116,7 +116,7 @@ def test_salt_remove_script_leaves_operator_files_alone(tmp_path, shape):
 async def deployed(path: Path, *, marker: bool = True, twice: bool = True) -> None:
     d = file_deployer(path)
     for _ in range(2 if twice else 1):
-        [result] = await d.deploy([target(path)], issued())
+        [result] = await d.deploy(placements([target(path)], issued()))
         assert result.ok, result.message
     if not marker:  # a set placed before the marker existed
         (path.parent / f".{path.name}.d" / layout.MARKER).unlink()
@@ -211,7 +211,7 @@ async def test_file_deploy_refuses_a_symlinked_directory(tmp_path, where):
         link = versions / cert.serial
         link.symlink_to(victim)
     before = snapshot(victim)
-    [result] = await file_deployer(path).deploy([target(path)], cert)
+    [result] = await file_deployer(path).deploy(placements([target(path)], cert))
     assert not result.ok and result.kind == "refused"
     assert result.message == (f"file[fe1]: {link} is a symlink; "
                               "refusing to write keys through it")
@@ -278,7 +278,7 @@ async def test_rollout_removes_only_where_certd_deployed(tmp_path, store):
     chosen = targets(cfg, spec)
     fe1, fe2 = (Path(t.path) for t in chosen)
     # fe1: certd deployed there (recorded); fe2: the operator's conf.d, never certd's
-    [ok] = await file_deployer(fe1).deploy([chosen[0]], issued("conf.d"))
+    [ok] = await file_deployer(fe1).deploy(placements([chosen[0]], issued("conf.d")))
     assert ok.ok
     await store.put_deployment(Deployment("conf.d", "web", "fe1", "0a", DeployStatus.DEPLOYED,
                                           "", T0))
@@ -308,7 +308,7 @@ async def test_adopted_legacy_set_survives_deploys_and_is_given_back(tmp_path, h
     (path / "site.conf").write_text("the operator's\n")
     d = file_deployer(path)
     for _ in range(3):  # legacy is neither current nor previous after the second deploy
-        [result] = await d.deploy([target(path)], issued())
+        [result] = await d.deploy(placements([target(path)], issued()))
         assert result.ok, result.message
     assert "legacy" in os.listdir(path.parent / ".portal.d")
     if how == "file":
@@ -343,8 +343,8 @@ class _DiesAfterWriting:
     def __init__(self, inner):
         self.inner = inner
 
-    async def deploy(self, batch, cert):
-        await self.inner.deploy(batch, cert)
+    async def deploy(self, batch):
+        await self.inner.deploy(batch)
         raise RuntimeError("killed")
 
     async def remove(self, batch):

@@ -26,7 +26,6 @@ import os
 import re
 import shlex
 import ssl
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -51,11 +50,12 @@ from certd.api import tokens as api_tokens
 from certd.app import open_certd, start_site
 from certd.config import SaltDeployerConfig
 from certd.deployers import local, salt
-from certd.deployers.base import DeployResult, Target
+from certd.deployers.base import DeployResult, Target, placements
 from certd.errors import ConfigError
 from certd.model import Alias, ProbeTarget, utcnow
 from certd.monitor import checks, probe
 from tests.certd_api import api_config_data
+from tests.certd_lab import run_certd
 from tests.lab.procs import free_port
 
 MARK = "ZZMARK<script>"  # put into hostile inputs; must never come back
@@ -474,9 +474,8 @@ CLI_CONFIG_CASES = [
 def test_check_config_process(tmp_path, text):
     path = tmp_path / "config.yaml"
     path.write_bytes(text)
-    proc = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "check-config"],
-                          capture_output=True, timeout=120, cwd=tmp_path, check=False)
-    stderr = proc.stderr.decode("utf-8", "replace")
+    proc = run_certd(path, "check-config", cwd=tmp_path)
+    stderr = proc.stderr
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert_clean_line(stderr)
@@ -1083,7 +1082,7 @@ async def test_salt_api_answers(tmp_path, call, login, run, status):
     target = Target(**{**TARGET.__dict__, "minion": "fe1"})
     try:
         if call == "deploy":
-            results = await deployer.deploy([target], CERT_STUB)
+            results = await deployer.deploy(placements([target], CERT_STUB))
         else:
             results = await deployer.roll_back([target])
     finally:

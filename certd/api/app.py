@@ -124,5 +124,6 @@ def build_app(certd: Certd, tokens: Tokens, *, monitor=None, challenge_stats=Non
     r.add_post("/api/v1/certificates/{name}/deploy", deploy_certificate)
     domains.add_routes(r)
     r.add_get("/api/v1/openapi.json", openapi.serve)
-    alerts.add_routes(app, metrics.Sources(certd, monitor, challenge_stats, sweeper))
+    rollout = certd.rollout_stats if certd is not None else None
+    alerts.add_routes(app, metrics.Sources(certd, monitor, challenge_stats, sweeper, rollout))
     return app

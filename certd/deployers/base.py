@@ -101,29 +101,52 @@ def removal_message(where: str, path: str, removed: list[str], left: list[str]) 
     return head + "".join(f"; left alone: {note}" for note in left)
 
 
-class Deployer(Protocol):
-    """Places certificates on nodes and reloads them, a batch of targets at a time (one
-    frontend group's nodes, or the part of them a rolling strategy releases).
+@dataclass(frozen=True)
+class Placement:
+    """One certificate for one node: the unit a batch is made of."""
 
-    - Returns one DeployResult per target, in order; a node-level failure is a result with
-      ok=False (after restoring that node's previous files where it had some), never an
-      exception. Other nodes of the batch are not affected.
-    - Idempotent: deploying the same certificate twice leaves the same files.
+    target: Target
+    cert: IssuedCertificate
+
+
+def placements(targets: list[Target], cert: IssuedCertificate) -> list[Placement]:
+    """One certificate for several nodes, as a batch."""
+    return [Placement(t, cert) for t in targets]
+
+
+class Deployer(Protocol):
+    """Places certificates on nodes and reloads them, a batch at a time: several certificates
+    (Placements) for the nodes of one frontend group. The cost on a node is per batch: every
+    certificate's set is placed, then each distinct rendered `check` runs once and each
+    distinct `reload` once on that node (a command that names `{certificate}` renders once
+    per certificate, and so runs once per certificate).
+
+    - Returns one DeployResult per placement, in order. A per-certificate failure (a refused
+      or unwritable path) fails that placement only; the node's other certificates go on.
+      A node-level failure (unreachable; `check` or `reload` failing) fails every placement
+      of that node that got that far, after the deployer put each of them back on its
+      previous set (rolled_back=True; a set with nothing before it stays: nothing to go back
+      to) and, if the reload had run, reloaded the node again. kind='check'/'reload' tells
+      the caller the failure is the batch's: it may split the batch and try again (the
+      rollout bisects). Never raises for a node: other nodes of the batch are not affected.
+    - Idempotent: deploying the same certificate again leaves the same files.
     - Files are placed atomically: a reader sees the old complete set or the new one.
-    - Safe to call concurrently for different certificates; callers serialise per certificate.
-    - `roll_back` points nodes back at the set before the last deploy and reloads them (after a
-      failed verification); `remove` deletes what certd placed for the certificate (its
-      marked versioned layout, never anything else at `path`: that is left alone and named
-      in the message, ok=True, kind=LEFT_ALONE) and reloads if it removed something.
+    - Concurrency: nodes run concurrently (bounded by `max_parallel`); callers never hand
+      two batches holding the same (certificate, node) at once (the `deploy:NAME` lease).
+    - `roll_back` points each target back at the set before its last deploy, then reloads
+      each node once (targets grouped by node), for certificates that failed verification.
+      `remove` deletes what certd placed for the certificate (its marked versioned layout,
+      never anything else at `path`: that is left alone and named in the message, ok=True,
+      kind=LEFT_ALONE) and reloads if it removed something.
     - A symlink where the deployer expects its own directory or file is refused before
       anything is written (ok=False, kind='refused'); nothing is written through it.
-    - `close` releases connections; the deployer may be used again afterwards.
+    - Cleanup: the deployer removes its own temporary files (or the next deploy prunes
+      them); `close` releases connections, and the deployer may be used again afterwards.
     """
 
     kind: str  # 'file', 'ssh', 'salt': names the deployer in messages ("ssh[fe1]: ...")
 
-    async def deploy(self, targets: list[Target], cert: IssuedCertificate
-                     ) -> list[DeployResult]: ...
+    async def deploy(self, batch: list[Placement]) -> list[DeployResult]: ...
 
     async def roll_back(self, targets: list[Target]) -> list[DeployResult]: ...
 

@@ -1,21 +1,41 @@
-"""One node's deploy, for every deployer that reaches the node's filesystem and can run
-commands there (file: this machine; ssh: SFTP and exec): place the versioned set, run `check`
-then `reload`, and go back to the previous set if either fails."""
+"""One node's share of a batch, for every deployer that reaches the node's filesystem and can
+run commands there (file: this machine; ssh: SFTP and exec): place every certificate's
+versioned set, run each distinct `check` then each distinct `reload` once, and put every set
+back on its previous version if one of them fails."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from certd import failpoints
 from certd.deployers import layout
-from certd.deployers.base import LEFT_ALONE, DeployResult, Target, file_set, removal_message
+from certd.deployers.base import (
+    LEFT_ALONE,
+    DeployResult,
+    Placement,
+    Target,
+    file_set,
+    removal_message,
+)
 from certd.deployers.layout import NodeFS
 from certd.deployers.local import CommandResult
 from certd.errors import DeployError
-from certd.model import IssuedCertificate
 
 Runner = Callable[[str, float], Awaitable[CommandResult]]
+Item = TypeVar("Item", Placement, Target)
+
+PLACE_CONCURRENCY = 8  # sets written at once on one node (overlaps SFTP round trips)
+
+
+def _target(item: Placement | Target) -> Target:
+    return item.target if isinstance(item, Placement) else item
+
+
+def distinct(commands) -> list[str]:
+    """Each rendered command once, in order of first appearance (None left out)."""
+    return list(dict.fromkeys(c for c in commands if c))
 
 
 class NodeDeployer:
@@ -30,80 +50,137 @@ class NodeDeployer:
         """The node's filesystem and command runner. Raises DeployError if unreachable."""
         raise NotImplementedError
 
-    async def deploy(self, targets: list[Target], cert: IssuedCertificate
-                     ) -> list[DeployResult]:
-        return await self._each(targets, lambda t: self._deploy(t, cert))
+    async def deploy(self, batch: list[Placement]) -> list[DeployResult]:
+        return await self._by_node(batch, self._deploy)
 
     async def roll_back(self, targets: list[Target]) -> list[DeployResult]:
-        return await self._each(targets, self._roll_back)
+        return await self._by_node(targets, self._roll_back)
 
     async def remove(self, targets: list[Target]) -> list[DeployResult]:
-        return await self._each(targets, self._remove)
+        async def each(node_targets: list[Target]) -> list[DeployResult]:
+            return [await self._remove(t) for t in node_targets]
+        return await self._by_node(targets, each)
 
     async def close(self) -> None:
         return None
 
-    async def _each(self, targets, work) -> list[DeployResult]:
-        async def one(target: Target) -> DeployResult:
+    async def _by_node(self, items: Sequence[Item],
+                       work: Callable[[list[Item]], Awaitable[list[DeployResult]]]
+                       ) -> list[DeployResult]:
+        """`work` once per node (its items in order), max_parallel nodes at a time; a node
+        that cannot be reached fails its items only. Results in the order of `items`."""
+        nodes: dict[tuple[str, str, str], list[int]] = {}
+        for i, item in enumerate(items):
+            t = _target(item)
+            nodes.setdefault((t.frontend, t.node, t.address), []).append(i)
+        out: list[DeployResult | None] = [None] * len(items)
+
+        async def one(indexes: list[int]) -> None:
+            mine = [items[i] for i in indexes]
             async with self._gate:
                 try:
-                    return await work(target)
+                    results = await work(mine)
                 except DeployError as exc:
-                    return DeployResult(target, False, str(exc), kind=exc.kind)
+                    results = [DeployResult(_target(x), False, str(exc), kind=exc.kind)
+                               for x in mine]
                 except OSError as exc:
-                    return DeployResult(target, False, f"{self._where(target)}: {exc}",
-                                        kind="write")
+                    results = [DeployResult(_target(x), False,
+                                            f"{self._where(_target(x))}: {exc}", kind="write")
+                               for x in mine]
+            for i, result in zip(indexes, results):
+                out[i] = result
 
-        return list(await asyncio.gather(*(one(t) for t in targets)))
+        await asyncio.gather(*(one(ix) for ix in nodes.values()))
+        return out  # type: ignore[return-value]
 
     def _where(self, target: Target) -> str:
         return f"{self.kind}[{target.node}]"
 
-    async def _deploy(self, target: Target, cert: IssuedCertificate) -> DeployResult:
-        fs, run = await self.node(target)
-        where = self._where(target)
-        try:
-            was = await layout.place(fs, target.path, cert.serial, file_set(cert),
-                                     target.certificate)
-        except layout.Refused as exc:
-            return DeployResult(target, False, f"{where}: {exc}", kind=exc.kind)
-        except OSError as exc:
-            return DeployResult(target, False, f"{where}: write {target.path}: {exc}",
-                                kind="write")
-        failpoints.hit("deploy:switched")
-        outputs = []
-        for step, command in (("check", target.check), ("reload", target.reload)):
-            if not command:
-                continue
-            result = await run(command, target.timeout)
-            outputs.append(f"$ {command}\n{result.output}")
-            if result.ok:
-                continue
-            rolled_back = False
-            if was is not None and was != cert.serial:
-                await layout.switch(fs, target.path, was)
-                rolled_back = True
-                if step == "reload":  # the node may have loaded the new set: load the old
-                    await run(target.reload, target.timeout)
-            return DeployResult(target, False, f"{where}: {step}: {result.describe()}",
-                                rolled_back, "\n".join(outputs), kind=step)
-        return DeployResult(target, True, f"{where}: deployed serial {cert.serial}",
-                            output="\n".join(outputs))
+    async def _deploy(self, batch: list[Placement]) -> list[DeployResult]:
+        """One node: place every set, then check and reload once; on failure every placed
+        set goes back to what it replaced."""
+        first = batch[0].target
+        fs, run = await self.node(first)
+        where = self._where(first)
+        out: list[DeployResult | None] = [None] * len(batch)
+        was: dict[int, str | None] = {}  # placed: index -> the version it replaced
+        gate = asyncio.Semaphore(PLACE_CONCURRENCY)
 
-    async def _roll_back(self, target: Target) -> DeployResult:
-        fs, run = await self.node(target)
-        where = self._where(target)
-        version = await layout.roll_back(fs, target.path)
-        if version is None:
-            return DeployResult(target, False, f"{where}: nothing to roll back to")
-        output = ""
-        if target.reload:
-            result = await run(target.reload, target.timeout)
-            output = result.output
-            if not result.ok:
-                return DeployResult(target, False, f"{where}: rolled back to {version}, "
-                                    f"reload: {result.describe()}", True, output)
-        return DeployResult(target, True, f"{where}: rolled back to {version}", True, output)
+        async def place(i: int, p: Placement) -> None:
+            async with gate:
+                try:
+                    was[i] = await layout.place(fs, p.target.path, p.cert.serial,
+                                                file_set(p.cert), p.target.certificate)
+                except layout.Refused as exc:
+                    out[i] = DeployResult(p.target, False, f"{where}: {exc}", kind=exc.kind)
+                    return
+                except OSError as exc:
+                    out[i] = DeployResult(p.target, False,
+                                          f"{where}: write {p.target.path}: {exc}", kind="write")
+                    return
+            failpoints.hit("deploy:switched")
+
+        await asyncio.gather(*(place(i, p) for i, p in enumerate(batch)))
+        placed = [batch[i] for i in sorted(was)]
+        outputs: list[str] = []
+        reloaded: list[str] = []
+        for step in ("check", "reload"):
+            for command in distinct(getattr(p.target, step) for p in placed):
+                result = await run(command, first.timeout)
+                outputs.append(f"$ {command}\n{result.output}")
+                if step == "reload":
+                    reloaded.append(command)
+                if result.ok:
+                    continue
+                back = await self._put_back(fs, placed, was, sorted(was))
+                for again in reloaded:  # the node may have loaded new sets: load the old
+                    await run(again, first.timeout)
+                for i in sorted(was):
+                    out[i] = DeployResult(batch[i].target, False,
+                                          f"{where}: {step}: {result.describe()}",
+                                          back[i], "\n".join(outputs), kind=step)
+                return out  # type: ignore[return-value]
+        for i in sorted(was):
+            out[i] = DeployResult(batch[i].target, True,
+                                  f"{where}: deployed serial {batch[i].cert.serial}",
+                                  output="\n".join(outputs))
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    async def _put_back(fs: NodeFS, placed: list[Placement], was: dict[int, str | None],
+                        indexes: list[int]) -> dict[int, bool]:
+        """Point each placed set back at the version it replaced; True where it did (a set
+        with nothing before it, or the same serial again, stays)."""
+        back: dict[int, bool] = {}
+        for i, p in zip(indexes, placed):
+            before = was[i]
+            back[i] = before is not None and before != p.cert.serial
+            if back[i]:
+                await layout.switch(fs, p.target.path, before)
+        return back
+
+    async def _roll_back(self, targets: list[Target]) -> list[DeployResult]:
+        """One node: every target back to its previous set, then one reload."""
+        first = targets[0]
+        fs, run = await self.node(first)
+        where = self._where(first)
+        versions = [await layout.roll_back(fs, t.path) for t in targets]
+        output, failure = "", None
+        for command in distinct(t.reload for t, v in zip(targets, versions) if v):
+            result = await run(command, first.timeout)
+            output += result.output
+            failure = failure or (None if result.ok else result.describe())
+        out = []
+        for t, version in zip(targets, versions):
+            if version is None:
+                out.append(DeployResult(t, False, f"{where}: nothing to roll back to"))
+            elif failure:
+                out.append(DeployResult(t, False, f"{where}: rolled back to {version}, "
+                                        f"reload: {failure}", True, output))
+            else:
+                out.append(DeployResult(t, True, f"{where}: rolled back to {version}", True,
+                                        output))
+        return out
 
     async def _remove(self, target: Target) -> DeployResult:
         """Remove what certd placed at the target's path (see layout.remove), reloading only

@@ -1,6 +1,7 @@
 """The Salt deployer: certd speaks HTTP to salt-api (never imports salt). One `state.high` job
-per batch targets the minions: `file.managed` writes the five files into a new version
-directory (key files 0600, `show_changes: False`), then `cmd.run` states switch the symlink,
+per certificate (a batch goes one certificate after another) targets the minions:
+`file.managed` writes the five files into a new version directory (key files 0600,
+`show_changes: False`), then `cmd.run` states switch the symlink,
 run `check` and `reload`, and an `onfail` state switches back if either fails. A minion counts
 as done only if it answered, its retcode is 0 and every state succeeded.
 
@@ -25,6 +26,7 @@ from certd.deployers.base import (
     LEFT_ALONE,
     DeployResult,
     PemFile,
+    Placement,
     Target,
     file_set,
     removal_message,
@@ -255,9 +257,21 @@ class SaltDeployer:
                 "gather_job_timeout": GATHER_JOB_TIMEOUT}
 
     # Deployer ---------------------------------------------------------------------------
-    async def deploy(self, targets: list[Target], cert: IssuedCertificate
-                     ) -> list[DeployResult]:
-        return await self._by_rendering(targets, lambda batch: self._deploy(batch, cert))
+    async def deploy(self, batch: list[Placement]) -> list[DeployResult]:
+        """The minimal adaptation to batches: one state.high job per certificate, one after
+        another (each with its own check and reload on its minions), so a batch costs a
+        reload per certificate here. Pull mode will bring one job per batch."""
+        by_cert: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(batch):
+            by_cert.setdefault((p.target.certificate, p.cert.serial), []).append(i)
+        out: list[DeployResult | None] = [None] * len(batch)
+        for indexes in by_cert.values():
+            cert = batch[indexes[0]].cert
+            results = await self._by_rendering([batch[i].target for i in indexes],
+                                               lambda b, cert=cert: self._deploy(b, cert))
+            for i, result in zip(indexes, results):
+                out[i] = result
+        return out  # type: ignore[return-value]
 
     async def _deploy(self, batch: list[Target], cert: IssuedCertificate
                       ) -> list[DeployResult]:

@@ -134,4 +134,8 @@ MIGRATIONS: list[list[str]] = [
         END""",
         "CREATE INDEX events_by_at ON events (at)",
     ],
+    [  # 6: batched rollout (issue 11) — the batch a deployment went out in, how long it took
+        "ALTER TABLE deployments ADD COLUMN batch TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE deployments ADD COLUMN seconds REAL",
+    ],
 ]

@@ -440,10 +440,10 @@ class SqliteStore:
         d = deployment
         await self._exec(
             "INSERT OR REPLACE INTO deployments "
-            "(certificate, frontend, node, serial, status, message, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "(certificate, frontend, node, serial, status, message, updated_at, batch, "
+            "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.certificate, d.frontend, d.node, d.serial, d.status.value, d.message,
-             _ts(d.updated_at)),
+             _ts(d.updated_at), d.batch, d.seconds),
         )
 
     async def deployments(self, certificate: str) -> list[Deployment]:
@@ -646,7 +646,8 @@ def _event(r: sqlite3.Row) -> Event:
 
 def _deployment(r: sqlite3.Row) -> Deployment:
     return Deployment(r["certificate"], r["frontend"], r["node"], r["serial"],
-                      DeployStatus(r["status"]), r["message"], _dt(r["updated_at"]))
+                      DeployStatus(r["status"]), r["message"], _dt(r["updated_at"]),
+                      r["batch"], r["seconds"])
 
 
 def _alias(row: sqlite3.Row) -> Alias:
