@@ -49,6 +49,14 @@ class WebhookReceiver:
         self.headers.append(dict(request.headers))
         return web.Response(status=204)
 
+    @property
+    def notices(self) -> list[dict]:
+        """Every notice received, a digest's items included (a digest of one is the notice)."""
+        out: list[dict] = []
+        for body in self.bodies:
+            out += body["items"] if body.get("event") == "digest" else [body]
+        return out
+
     async def start(self) -> WebhookReceiver:
         app = web.Application()
         app.router.add_post("/hook", self._handle)

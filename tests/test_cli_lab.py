@@ -4,20 +4,14 @@ running daemon, and a daemon with no reachable CA."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from tests.certd_lab import Daemon, lab_config_data, write_config
+from tests.certd_lab import run_certd as certd
 from tests.lab import free_port
 
 pytestmark = pytest.mark.lab
-
-
-def certd(config_path, *args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "certd", "-c", str(config_path), *args],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def _status(config_path) -> dict:

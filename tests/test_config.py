@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import yaml
 
 from certd import __version__, cli, config
 from certd.config import Config, ConfigError, parse, parse_duration, render, split_listen
+from tests.certd_lab import run_certd
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -413,19 +411,13 @@ def test_default_path_from_environment(monkeypatch, tmp_path):
 
 # --- the CLI around it (a real subprocess) ----------------------------------------------
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "CERTD_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "certd", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_cli_bad_config_exits_2_with_key_path(tmp_path):
     data = base()
     data["frontends"]["web"]["nodes"][1]["address"] = "bad address!"
     data["acme"] = {"timeout": "99999999999999999d"}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    result = run_cli("-c", str(path), "check-config", cwd=tmp_path)
+    result = run_certd(path, "check-config", cwd=tmp_path, timeout=60)
     assert result.returncode == 2, result
     assert "frontends.web.nodes[1].address: " in result.stderr
     assert "acme.timeout: " in result.stderr
@@ -436,7 +428,7 @@ def test_cli_bad_config_exits_2_with_key_path(tmp_path):
 def test_cli_good_config_prints_a_summary(tmp_path):
     path = tmp_path / "good.yaml"
     path.write_text(yaml.safe_dump(base()))
-    result = run_cli("-c", str(path), "check-config", cwd=tmp_path)
+    result = run_certd(path, "check-config", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"config OK: {path}")
     assert "frontend web: file deployer, nodes fe1=10.0.0.1, fe2=10.0.0.2" in result.stdout
@@ -485,6 +477,6 @@ def test_cli_main_without_command_exits_2(capsys):
 
 
 def test_cli_version(tmp_path):
-    result = run_cli("--version", cwd=tmp_path)
+    result = run_certd(None, "--version", cwd=tmp_path, timeout=60)
     assert result.returncode == 0
     assert result.stdout.strip() == f"certd {__version__}"

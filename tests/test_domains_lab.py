@@ -70,11 +70,9 @@ async def test_alias_added_deployed_then_removed(lab, tmp_path):
 
 def test_domains_cli_against_the_daemon(lab, tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
+    from functools import partial
 
-    from tests.certd_lab import Daemon, write_config
+    from tests.certd_lab import Daemon, run_certd, write_config
 
     domain = "cli-alias.test"
     lab.set_sites({domain: [domain]})
@@ -84,10 +82,7 @@ def test_domains_cli_against_the_daemon(lab, tmp_path):
     (tmp_path / "tokens").write_text(f"platform {TOKEN}\n")
     cfg = write_config(tmp_path / "c.yaml", data)
 
-    def certd(*args, env=None):
-        return subprocess.run([sys.executable, "-m", "certd", "-c", str(cfg), "domains", *args],
-                              capture_output=True, text=True, timeout=120,
-                              env={**os.environ, **(env or {})})
+    certd = partial(run_certd, cfg, "domains")  # certd -c cfg domains ...
 
     daemon = Daemon(cfg, tmp_path / "certd.log")
     try:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.certd_lab import Daemon, lab_config_data, write_config
+from tests.certd_lab import Daemon, lab_config_data, run_certd, write_config
 from tests.notify_servers import WebhookReceiver
 
 pytestmark = pytest.mark.lab
@@ -126,7 +124,8 @@ def _config(lab, tmp_path: Path, webhook: str) -> Path:
     data["api"]["tokens_file"] = str(tmp_path / "tokens")
     (tmp_path / "tokens").write_text(f"platform {TOKEN}\n")
     data["monitor"] = {"interval": "24h", "jitter": "0s", "timeout": "5s"}
-    data["alerts"] = {"notifiers": [{"type": "webhook", "url": webhook}, {"type": "log"}]}
+    data["alerts"] = {"group_window": "2s",  # the forwarder's 30 s cycle + a short digest
+                      "notifiers": [{"type": "webhook", "url": webhook}, {"type": "log"}]}
     return write_config(tmp_path / "c.yaml", data)
 
 
@@ -147,7 +146,7 @@ async def _wait_notified(receiver: WebhookReceiver, aliases, timeout: float = 75
     """The event forwarder runs every 30 s: wait for one issue.failed notice per alias."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sent = {b.get("certificate") for b in receiver.bodies if b.get("event") == "issue.failed"}
+        sent = {n.get("certificate") for n in receiver.notices if n.get("event") == "issue.failed"}
         if set(aliases) <= sent:
             return
         await asyncio.sleep(0.5)
@@ -200,9 +199,7 @@ async def test_preflight_ssrf_leaks_nothing(lab, tmp_path):
         await internal.stop()
 
     # no byte of the secret anywhere certd writes or answers
-    status = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "certd", "-c", str(cfg), "status", "--json"],
-        capture_output=True, text=True, timeout=60)
+    status = await asyncio.to_thread(run_certd, cfg, "status", "--json", timeout=60)
     assert status.returncode == 0, status.stderr
     surfaces = {
         "GET /api/v1/domains/{d}": json.dumps(bodies),

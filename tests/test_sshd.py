@@ -13,16 +13,9 @@ import asyncssh
 import pytest
 
 from tests.lab import Lab, SshLab, make_client_key, wait_until
+from tests.lab.procs import running
 
 pytestmark = pytest.mark.lab
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def _run(
@@ -123,7 +116,7 @@ async def test_stopped_node_refuses_then_comes_back(ssh_nodes: SshLab) -> None:
             # Killed, not finished: the command dies first (-1 with exit_signal TERM),
             # or the connection drops before the status arrives (None).
             assert process.exit_status in (None, -1)
-            assert not [pid for pid in sessions if _running(pid)]
+            assert not [pid for pid in sessions if running(pid)]
             with pytest.raises(OSError):
                 await _run(ssh_nodes, "fe2", "echo never")
         finally:

@@ -34,6 +34,7 @@ from certd.model import Challenge, Event, utcnow
 from certd.responder import build_app
 from certd.store.sqlite import SqliteStore
 from tests.certd_api import api_client, api_config
+from tests.certd_lab import run_certd
 from tests.lab.procs import free_port
 from tests.stores import opened_store
 
@@ -296,11 +297,6 @@ async def make_store(state_dir: Path) -> None:
     await s.close()
 
 
-def certd_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "certd", "-c", str(config), *args],
-                          capture_output=True, text=True, timeout=60)
-
-
 def write_config(path: Path, state_dir: Path) -> Path:
     # free ports, should a `certd run` ever get as far as listening
     path.write_text(f"state_dir: {state_dir}\nchallenge: {{listen: '127.0.0.1:{free_port()}'}}\n"
@@ -327,7 +323,7 @@ async def test_read_only_state_dir_is_refused_in_one_line(tmp_path, command):
         await make_store(state_dir)  # an existing store, on a file system now read-only
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         config = write_config(tmp_path / "config.yaml", state_dir)
-        assert_refused(certd_cli(config, command), 2, str(state_dir), "Read-only file system")
+        assert_refused(run_certd(config, command, timeout=60), 2, str(state_dir), "Read-only file system")
 
 
 @pytest.mark.parametrize("command, code", [("check-config", 2), ("run", 2), ("status", 1)])
@@ -335,14 +331,14 @@ def test_state_dir_that_cannot_be_created_is_refused_in_one_line(tmp_path, comma
     (tmp_path / "a-file").write_text("")
     state_dir = tmp_path / "a-file" / "state"
     config = write_config(tmp_path / "config.yaml", state_dir)
-    assert_refused(certd_cli(config, command), code, str(state_dir))
+    assert_refused(run_certd(config, command, timeout=60), code, str(state_dir))
 
 
 def test_check_config_passes_a_writable_state_dir_and_leaves_no_probe(tmp_path):
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     config = write_config(tmp_path / "config.yaml", state_dir)
-    done = certd_cli(config, "check-config")
+    done = run_certd(config, "check-config", timeout=60)
     assert done.returncode == 0, done.stderr
     assert "config OK" in done.stdout
     assert list(state_dir.iterdir()) == []

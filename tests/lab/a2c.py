@@ -65,13 +65,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trustme
 from cryptography import x509
 
-from .procs import LabError, ManagedProcess, free_port
+from .procs import LabError, ManagedProcess, StopOnExit, free_port
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -141,7 +140,7 @@ def ari_cert_id(cert: x509.Certificate | str | bytes) -> str:
     return f"{_b64url(aki.key_identifier)}.{_b64url(serial_der)}"
 
 
-class Acme2Certifier:
+class Acme2Certifier(StopOnExit):
     """One running acme2certifier, validating through a :class:`~tests.lab.Lab`.
 
     Create with :meth:`start`; stop with :meth:`stop` (or use ``with``).
@@ -286,17 +285,6 @@ class Acme2Certifier:
     def stop(self) -> None:
         """Stop the process by PID. Idempotent."""
         self.process.stop()
-
-    def __enter__(self) -> "Acme2Certifier":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -------------------------------------------------------------------- files
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .certs import write_self_signed
-from .procs import LabError, ManagedProcess, wait_until
+from .procs import LabError, ManagedProcess, children, log_tails, running, wait_until
 
 __all__ = ["NginxNode", "HAProxy", "FALLBACK_DIR", "CERT_FILE", "KEY_FILE"]
 
@@ -33,14 +33,6 @@ FALLBACK_DIR = "_fallback"
 CERT_FILE = "fullchain.pem"
 KEY_FILE = "privkey.pem"
 GENERATION_PATH = "/.lab/generation"
-
-def _running(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 _CERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -252,19 +244,7 @@ class NginxNode:
         master = self.process.pid
         if master is None or not self.process.alive():
             return set()
-        children = Path(f"/proc/{master}/task/{master}/children")
-        try:
-            pids = {int(pid) for pid in children.read_text().split()}
-        except OSError:  # kernel without CONFIG_PROC_CHILDREN: scan /proc
-            pids = set()
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                try:
-                    fields = stat.read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == master:
-                    pids.add(int(stat.parent.name))
-        return {pid for pid in pids if _running(pid)}
+        return {pid for pid in children(master) if running(pid)}
 
     def reload(self, timeout: float = 10.0) -> None:
         """Reload nginx (SIGHUP to the master we own) and wait until it is done.
@@ -292,8 +272,7 @@ class NginxNode:
                 what=f"nginx {self.name}'s old workers {sorted(old_workers)} to exit",
             )
         except LabError as exc:
-            errors = "\n".join(self.error_log()[-20:])
-            raise LabError(f"{exc}\n--- {self.error_log_path} ---\n{errors}") from None
+            raise LabError(f"{exc}\n{log_tails([self.error_log_path], 20)}") from None
 
     def access_log(self) -> list[str]:
         """Lines of the access log (oldest first)."""

@@ -21,14 +21,14 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 
 from .certs import ListenerCA
 from .frontends import HAProxy, NginxNode
 from .pebble import ChallTestSrv, Pebble
-from .procs import LabError, ManagedProcess, free_port, wait_until
+from .procs import (LabError, ManagedProcess, StopOnExit, free_port, log_tails, stop_all,
+                    wait_until)
 
 __all__ = ["Lab", "Node"]
 
@@ -45,7 +45,7 @@ class Node:
     tls_port: int = field(default=0, compare=False)
 
 
-class Lab:
+class Lab(StopOnExit):
     """Everything needed to issue and deploy certificates end to end, on loopback.
 
     Create with :meth:`Lab.start`; stop with :meth:`stop` (or use ``with``).
@@ -165,25 +165,7 @@ class Lab:
 
     def stop(self) -> None:
         """Stop every process the lab started, newest first, by PID. Idempotent."""
-        errors: list[BaseException] = []
-        for process in reversed(self.processes()):
-            try:
-                process.stop()
-            except Exception as exc:  # keep stopping the others
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-    def __enter__(self) -> "Lab":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        stop_all(reversed(self.processes()))
 
     # ------------------------------------------------------------------ frontends
 
@@ -334,14 +316,7 @@ class Lab:
 
     def logs(self, tail: int = 30) -> str:
         """The last ``tail`` lines of every log, for a failing test's report."""
-        parts = []
-        for path in self.log_paths():
-            try:
-                lines = path.read_text(errors="replace").splitlines()[-tail:]
-            except FileNotFoundError:
-                continue
-            parts.append(f"--- {path} ---\n" + "\n".join(lines))
-        return "\n".join(parts)
+        return log_tails(self.log_paths(), tail)
 
     def __repr__(self) -> str:
         return f"<Lab {self.root} http={self.http_port} tls={self.tls_port}>"

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .procs import StopOnExit
+
 __all__ = ["StandInResponder", "SeenRequest"]
 
 _PREFIX = "/.well-known/acme-challenge/"
@@ -28,7 +30,7 @@ class SeenRequest:
     status: int
 
 
-class StandInResponder:
+class StandInResponder(StopOnExit):
     """Threaded HTTP-01 responder bound to ``listen`` (``"127.0.0.1:PORT"``).
 
     ``responses`` maps token -> body (normally the key authorization); a token not
@@ -108,6 +110,3 @@ class StandInResponder:
 
     def __enter__(self) -> "StandInResponder":
         return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

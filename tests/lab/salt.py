@@ -35,11 +35,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from .lab import Lab
-from .procs import LabError, ManagedProcess, free_port, wait_until
+from .procs import LabError, ManagedProcess, StopOnExit, free_port, log_tails, stop_all
 
 __all__ = ["SALT_VENV", "SaltLab", "salt_venv_missing"]
 
@@ -70,25 +69,12 @@ def salt_venv_missing(venv: Path = SALT_VENV) -> str | None:
     )
 
 
-def _live_group_members(pgid: int) -> list[int]:
-    """PIDs of the processes in group ``pgid`` that are not zombies."""
-    members = []
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_path.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
-            members.append(int(stat_path.parent.name))
-    return members
-
-
 def _yaml(value: Any) -> str:
     """JSON is YAML: Salt reads these config files with its YAML loader."""
     return json.dumps(value, indent=2) + "\n"
 
 
-class SaltLab:
+class SaltLab(StopOnExit):
     """salt-master, salt-api and minions, started with :meth:`start`, stopped with :meth:`stop`.
 
     Attributes:
@@ -325,14 +311,7 @@ class SaltLab:
 
     def stop(self) -> None:
         """Stop everything, newest first, by PID. Idempotent."""
-        errors: list[BaseException] = []
-        for process in reversed(self.processes()):
-            try:
-                process.stop(grace=self._grace(process))
-            except Exception as exc:  # keep stopping the others
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        stop_all(reversed(self.processes()), lambda p: p.stop(grace=self._grace(p)))
 
     def _grace(self, process: ManagedProcess) -> float:
         # On SIGTERM a minion takes ~5 s to exit, the master ~2 s; nothing of theirs
@@ -344,12 +323,10 @@ class SaltLab:
 
         Its orphaned children stay zombies for ~1.5 s here (until PID 1 reaps them), and
         a minion refuses to start while the pid in its ``process_responsibility`` file
-        exists: so once only zombies are left, that stale file is removed."""
+        exists: so once only zombies are left (the stop waits for that), that stale file
+        is removed."""
         process = self._minion(minion_id)
-        pgid = process.pid
         process.stop(grace=self._grace(process))
-        if pgid is not None:
-            wait_until(lambda: not _live_group_members(pgid), 5.0, what=f"{process.name} to exit")
         run_dir = self.workdir / f"minion-{minion_id}" / "var/run"
         for stale in run_dir.glob("process_responsibility_*"):
             stale.unlink(missing_ok=True)
@@ -370,17 +347,6 @@ class SaltLab:
             return self.minions[minion_id]
         except KeyError:
             raise LabError(f"no minion {minion_id!r}; minions are {list(self.minions)}") from None
-
-    def __enter__(self) -> "SaltLab":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- salt-api
 
@@ -448,9 +414,7 @@ class SaltLab:
             if isinstance(answered, dict) and all(answered.get(m) is True for m in wanted):
                 return
             if time.monotonic() >= deadline:
-                logs = "\n".join(
-                    f"--- {p.log_path} ---\n{p.log_tail(15)}" for p in self.processes()
-                )
+                logs = log_tails([p.log_path for p in self.processes()], 15)
                 raise LabError(
                     f"salt: minions {wanted} did not all answer test.ping within "
                     f"{timeout:.0f}s (last answer {answered!r})\n{logs}"
@@ -502,14 +466,7 @@ class SaltLab:
 
     def logs(self, tail: int = 30) -> str:
         """The last ``tail`` lines of every log, for a failing test's report."""
-        parts = []
-        for path in self.log_paths():
-            try:
-                lines = path.read_text(errors="replace").splitlines()[-tail:]
-            except FileNotFoundError:
-                continue
-            parts.append(f"--- {path} ---\n" + "\n".join(lines))
-        return "\n".join(parts)
+        return log_tails(self.log_paths(), tail)
 
     def __repr__(self) -> str:
         return f"<SaltLab {self.api_url} minions={list(self.minions)}>"

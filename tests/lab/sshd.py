@@ -37,18 +37,25 @@ Quirks (OpenSSH 9.2):
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .procs import LabError, ManagedProcess, free_port
+from .procs import (
+    LabError,
+    ManagedProcess,
+    StopOnExit,
+    descendants,
+    free_port,
+    log_tails,
+    stop_all,
+    stop_pids,
+)
 
 __all__ = [
     "SSHD",
@@ -186,86 +193,6 @@ def write_known_hosts(path: Path, servers: Iterable[SshServer]) -> Path:
 # ------------------------------------------------------------------------ process
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (via /proc; falls back to a scan of /proc/*/stat)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(child) for child in text.split()]
-    except OSError:
-        pass
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every descendant of ``pid``, parents before children."""
-    result: list[int] = []
-    pending = _children(pid)
-    while pending:
-        child = pending.pop(0)
-        result.append(child)
-        pending.extend(_children(child))
-    return result
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (field 22), to tell a reused PID apart."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _end_tree(pids: Sequence[int], grace: float = 2.0) -> None:
-    """End the processes ``pids`` (parents listed before children), leaves first.
-
-    Each one gets SIGTERM, then SIGKILL if it still runs after ``grace`` seconds, and
-    is waited for until its parent (still alive, since it is ended later) has reaped
-    it: a process orphaned to this machine's PID 1 stays a zombie.  A PID is only
-    signalled while it keeps the start time seen first, so a PID reused by an
-    unrelated process in between is left alone.
-    """
-    identity = {pid: _start_time(pid) for pid in pids}
-
-    def same(pid: int) -> bool:
-        return identity[pid] is not None and _start_time(pid) == identity[pid]
-
-    def wait(predicate: Callable[[], bool], seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
-    for pid in reversed(list(pids)):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not (same(pid) and _running(pid)):
-                break
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            if wait(lambda pid=pid: not (same(pid) and _running(pid)), grace):
-                break
-        wait(lambda pid=pid: not same(pid), 0.5)  # reaped by its parent
-
-
 C = TypeVar("C")
 
 
@@ -283,7 +210,7 @@ class _class_or_instance(Generic[C]):
         return self.on_instance.__get__(obj, owner)
 
 
-class SshServer:
+class SshServer(StopOnExit):
     """One sshd on ``address:port`` with its own config, host key and authorized_keys.
 
     Create and start with ``SshServer.start(workdir, address, client_pubkey=...)``;
@@ -427,8 +354,8 @@ class SshServer:
         the per-connection sshd processes and their commands, which run in their own
         sessions, so open connections break as on a node that went down."""
         if drop_sessions:
-            # Before the listener, so each process is reaped by its parent (see _end_tree).
-            _end_tree(self.session_pids(), grace)
+            # Before the listener, so each process is reaped by its parent (see stop_pids).
+            stop_pids(self.session_pids(), grace)
         self.process.stop(grace)
 
     def alive(self) -> bool:
@@ -443,7 +370,7 @@ class SshServer:
     def session_pids(self) -> list[int]:
         """PIDs of the live per-connection sshd processes and what they run."""
         pid = self.process.pid
-        return _descendants(pid) if pid is not None and self.process.alive() else []
+        return descendants(pid) if pid is not None and self.process.alive() else []
 
     # -------------------------------------------------------------------- helpers
 
@@ -461,13 +388,6 @@ class SshServer:
 
     def log_tail(self, lines: int = 40) -> str:
         return self.process.log_tail(lines)
-
-    def __enter__(self) -> SshServer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return (f"<SshServer {self.name} {self.address}:{self.port} pid={self.pid} "
@@ -488,7 +408,7 @@ def ensure_privsep_dir() -> None:
 # ---------------------------------------------------------------------- the group
 
 
-class SshLab:
+class SshLab(StopOnExit):
     """Several sshd by node name, one client key, one ``known_hosts``.
 
     Attributes:
@@ -560,11 +480,10 @@ class SshLab:
                 server.wait_listening(timeout)
             return cls(workdir, servers, client_key, wrong_node=wrong_node)
         except BaseException:
-            for server in servers.values():
-                try:
-                    server.stop()
-                except Exception:
-                    pass
+            try:
+                stop_all(servers.values())
+            except Exception:
+                pass  # the first error is the one to report
             raise
 
     @classmethod
@@ -588,14 +507,7 @@ class SshLab:
         if node is not None:
             self.server(node).stop(**options)
             return
-        errors: list[BaseException] = []
-        for server in self.servers.values():
-            try:
-                server.stop(**options)
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        stop_all(self.servers.values(), lambda server: server.stop(**options))
 
     def start(self, node: str | None = None, timeout: float = 10.0) -> None:
         """Start one stopped node's sshd again (same port and host key), or every stopped one."""
@@ -603,13 +515,6 @@ class SshLab:
                                                  if not s.alive()]
         for name in names:
             self.server(name).start(timeout)
-
-    def __enter__(self) -> SshLab:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------- helpers
 
@@ -656,9 +561,7 @@ class SshLab:
 
     def logs(self, tail: int = 30) -> str:
         """The last ``tail`` lines of every sshd log, for a failing test's report."""
-        return "\n".join(
-            f"--- {server.log_path} ---\n{server.log_tail(tail)}" for server in self.servers.values()
-        )
+        return log_tails([server.log_path for server in self.servers.values()], tail)
 
     def __iter__(self) -> Iterator[SshServer]:
         return iter(self.servers.values())

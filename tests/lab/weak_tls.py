@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
-from .procs import LabError, ManagedProcess, free_port
+from .procs import LabError, ManagedProcess, StopOnExit, free_port
 
 __all__ = ["WeakNginx", "write_weak_certificate", "WEAK_NAME"]
 
@@ -63,7 +62,7 @@ def write_weak_certificate(directory: Path, name: str = WEAK_NAME) -> tuple[Path
     return cert, key
 
 
-class WeakNginx:
+class WeakNginx(StopOnExit):
     """nginx on ``address:port`` (a free port unless given) with the weak settings above."""
 
     def __init__(self, root: Path, address: str = "127.0.0.4", port: int | None = None) -> None:
@@ -92,10 +91,3 @@ class WeakNginx:
 
     def stop(self) -> None:
         self.process.stop()
-
-    def __enter__(self) -> "WeakNginx":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
