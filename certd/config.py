@@ -212,6 +212,17 @@ class _DeployerBase(_Model):
 
 class FileDeployerConfig(_DeployerBase):
     type: Literal["file"]
+    # HAProxy's runtime API (a local unix socket, `stats socket ... level admin`): certificates
+    # updated in the running process, no reload needed (certd/deployers/haproxy.py)
+    runtime_api: Template | None = None
+    runtime_crt_list: Template | None = None  # the crt-list new certificates are added to
+    runtime_timeout: Duration = timedelta(seconds=10)  # per runtime API command
+
+    @model_validator(mode="after")
+    def _runtime(self) -> FileDeployerConfig:
+        if self.runtime_crt_list and not self.runtime_api:
+            raise ValueError("runtime_crt_list needs runtime_api")
+        return self
 
 
 class SshDeployerConfig(_DeployerBase):
@@ -230,13 +241,38 @@ class SaltDeployerConfig(_DeployerBase):
     password_file: Path
     eauth: str = Field(default="file", min_length=1)
     timeout: Duration = timedelta(seconds=60)  # how long salt waits for minions
+    # push: the key travels inside the state.high job (Salt's job cache and event bus keep
+    # it); pull: each minion fetches its batch from certd's API listener at `pull_url` with
+    # a one-shot token, so Salt only ever carries spent tokens (deploy/salt/README.md)
+    mode: Literal["push", "pull"] = "push"
+    pull_url: str | None = None  # how minions reach certd's API listener
+    pull_cafile: str | None = None  # on the minions: CA file for an https pull_url (curl)
+    pull_token_ttl: Duration = timedelta(minutes=2)  # from the job's start
 
-    @field_validator("url")
+    @field_validator("url", "pull_url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not _URL.fullmatch(v):
-            raise ValueError("must be an http(s) URL (no spaces or control characters)")
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _URL.fullmatch(v) or "'" in v:
+            raise ValueError("must be an http(s) URL (no spaces, quotes or control characters)")
         return v.rstrip("/")
+
+    @field_validator("pull_cafile")
+    @classmethod
+    def _cafile(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"/[A-Za-z0-9._/-]+", v):
+            raise ValueError("must be an absolute path of letters, digits and ._/-")
+        return v
+
+    @model_validator(mode="after")
+    def _pull(self) -> SaltDeployerConfig:
+        if self.mode == "pull" and not self.pull_url:
+            raise ValueError("mode: pull needs pull_url (the address minions reach certd's "
+                             "API listener at, e.g. https://certd.internal:8403)")
+        if not timedelta(seconds=10) <= self.pull_token_ttl <= timedelta(hours=1):
+            raise ValueError("pull_token_ttl must be between 10s and 1h")
+        return self
 
 
 # the registry: one config model per deployer type (certd.deployers.build maps them)

@@ -19,6 +19,7 @@ from certd.deployers.base import (
     file_set,
     removal_message,
 )
+from certd.deployers.haproxy import ChannelError, HAProxyRuntime
 from certd.deployers.layout import NodeFS
 from certd.deployers.local import CommandResult
 from certd.errors import DeployError
@@ -49,6 +50,12 @@ class NodeDeployer:
     async def node(self, target: Target) -> tuple[NodeFS, Runner]:
         """The node's filesystem and command runner. Raises DeployError if unreachable."""
         raise NotImplementedError
+
+    def runtime(self, fs: NodeFS, target: Target) -> HAProxyRuntime | None:
+        """The node's HAProxy runtime API, if the group updates certificates through it (after
+        any `reload`): each certificate is then handed to the running process, and one it
+        refuses fails alone (kind='runtime'), its files put back."""
+        return None
 
     async def deploy(self, batch: list[Placement]) -> list[DeployResult]:
         return await self._by_node(batch, self._deploy)
@@ -140,11 +147,33 @@ class NodeDeployer:
                                           f"{where}: {step}: {result.describe()}",
                                           back[i], "\n".join(outputs), kind=step)
                 return out  # type: ignore[return-value]
+        refused = await self._push(fs, first, batch, sorted(was))
+        via = " (runtime api)" if self.runtime(fs, first) is not None else ""
         for i in sorted(was):
+            if i in refused:  # the process kept what it had: so do the files
+                back = await self._put_back(fs, [batch[i]], was, [i])
+                out[i] = DeployResult(batch[i].target, False, f"{where}: {refused[i]}",
+                                      back[i], "\n".join(outputs), kind="runtime")
+                continue
             out[i] = DeployResult(batch[i].target, True,
-                                  f"{where}: deployed serial {batch[i].cert.serial}",
+                                  f"{where}: deployed serial {batch[i].cert.serial}{via}",
                                   output="\n".join(outputs))
         return out  # type: ignore[return-value]
+
+    async def _push(self, fs: NodeFS, first: Target, batch: list[Placement],
+                    indexes: list[int]) -> dict[int, str]:
+        """The runtime API step (if any): {index: why} for the placements not taken."""
+        runtime = self.runtime(fs, first)
+        if runtime is None or not indexes:
+            return {}
+        files = {i: runtime.file_of(batch[i].target.path) for i in indexes}
+        combined = {i: next(f.content for f in file_set(batch[i].cert)
+                            if f.name == "combined.pem") for i in indexes}
+        try:
+            failed = await runtime.push([(files[i], combined[i]) for i in indexes])
+        except ChannelError as exc:
+            return {i: f"runtime api: {exc}" for i in indexes}
+        return {i: failed[files[i]] for i in indexes if files[i] in failed}
 
     @staticmethod
     async def _put_back(fs: NodeFS, placed: list[Placement], was: dict[int, str | None],
@@ -170,13 +199,20 @@ class NodeDeployer:
             result = await run(command, first.timeout)
             output += result.output
             failure = failure or (None if result.ok else result.describe())
+        runtime, unrestored = self.runtime(fs, first), {}
+        if runtime is not None:
+            unrestored = await runtime.restore([t.path for t, v in zip(targets, versions) if v])
         out = []
         for t, version in zip(targets, versions):
+            why = runtime and unrestored.get(runtime.file_of(t.path))
             if version is None:
                 out.append(DeployResult(t, False, f"{where}: nothing to roll back to"))
             elif failure:
                 out.append(DeployResult(t, False, f"{where}: rolled back to {version}, "
                                         f"reload: {failure}", True, output))
+            elif why:
+                out.append(DeployResult(t, False, f"{where}: rolled back to {version} on "
+                                        f"disk, runtime api: {why}", True, output))
             else:
                 out.append(DeployResult(t, True, f"{where}: rolled back to {version}", True,
                                         output))
@@ -189,6 +225,12 @@ class NodeDeployer:
         where = self._where(target)
         done = await layout.remove(fs, target.path)
         message = removal_message(where, target.path, done.removed, done.left)
+        runtime = self.runtime(fs, target)
+        if done.removed and runtime is not None:
+            why = await runtime.forget(target.path)
+            if why:
+                return DeployResult(target, False, f"{message}; runtime api: {why}",
+                                    kind="runtime")
         if done.removed and target.reload:
             result = await run(target.reload, target.timeout)
             if not result.ok:
