@@ -55,7 +55,7 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
             eab=(acme.eab.kid, acme.eab.hmac_key) if acme.eab else None,
             challenge_ttl=config.challenge.ttl, order_timeout=acme.order_timeout,
         )
-        certd = Certd(config, store, issuer, build_deployers(config))
+        certd = Certd(config, store, issuer, build_deployers(config, store))
         await certd.load_aliases()
         yield certd
     finally:

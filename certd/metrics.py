@@ -106,8 +106,8 @@ def _rollout(stats: RolloutStats) -> list[Metric]:
     """This process's deploys: reloads asked of each node, certificates per batch."""
     reloads = CounterMetricFamily("certd_node_reloads", "Reload commands run on each node "
                                   "by this process's deploys", labels=["frontend", "node"])
-    for (frontend, node), n in sorted(stats.reloads.items()):
-        reloads.add_metric([frontend, node], n)
+    for ref, n in sorted(stats.reloads.items()):
+        reloads.add_metric([ref.frontend, ref.node], n)
     sizes = HistogramMetricFamily("certd_deploy_batch_size",
                                   "Certificates per deploy batch (this process)")
     seen = stats.batch_sizes.items()

@@ -114,6 +114,19 @@ class Challenge:
     expires_at: datetime
 
 
+@dataclass(frozen=True, order=True)
+class NodeRef:
+    """Which node: one node of one frontend group. Code passes and compares this value; its
+    printed form 'frontend/node' (`str(ref)`) is only for people and for what is stored or sent
+    under that name (Finding.node, alert keys, JSON `deployed_nodes`, /metrics labels)."""
+
+    frontend: str
+    node: str
+
+    def __str__(self) -> str:
+        return f"{self.frontend}/{self.node}"
+
+
 @dataclass(frozen=True)
 class Deployment:
     """What one node of one frontend group holds for one certificate."""
@@ -127,6 +140,10 @@ class Deployment:
     updated_at: datetime = field(default_factory=utcnow)
     batch: str = ""  # the batch it went out in (one id per rollout of several certificates)
     seconds: float | None = None  # from the batch's start on this node to this outcome
+
+    @property
+    def ref(self) -> NodeRef:
+        return NodeRef(self.frontend, self.node)
 
 
 @dataclass(frozen=True)
@@ -202,9 +219,15 @@ class ProbeTarget:
     domain: str
     address: str
     port: int
-    node: str  # 'frontend/node' for nodes certd deploys to, 'address:port' for extra endpoints
+    node: str  # the label: str(ref) for nodes certd deploys to, 'address:port' for extra endpoints
     certificate: str | None = None  # certd's certificate name for this domain, if it has one
-    frontend: str | None = None
+    frontend: str | None = None  # = ref.frontend
+    ref: NodeRef | None = None  # the node certd deploys to; None for an extra endpoint
+
+    @classmethod
+    def on_node(cls, ref: NodeRef, domain: str, address: str, port: int,
+                certificate: str | None = None) -> ProbeTarget:
+        return cls(domain, address, port, str(ref), certificate, ref.frontend, ref)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ from certd.model import (
     DeployStatus,
     Event,
     IssuedCertificate,
+    NodeRef,
     Severity,
 )
+from certd.nodes import NodeTarget, node_targets
 from certd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -42,18 +44,16 @@ VERIFY_CONCURRENCY = 32  # certificates being verified at once per step
 
 
 def targets(config: Config, spec: CertificateSpec) -> list[Target]:
-    out = []
-    for group in spec.frontends:
-        frontend = config.frontends[group]
-        for node in frontend.nodes:
-            out.append(Target.render(
-                frontend=group, node=node.name, address=node.address,
-                certificate=spec.name, path=frontend.deployer.path,
-                check=frontend.check, reload=frontend.reload,
-                timeout=frontend.command_timeout.total_seconds(),
-                port=node.ssh_port, minion=node.minion,
-            ))
-    return out
+    """The deployers' view of `nodes.node_targets`: one Target per node, templates rendered."""
+    return [deploy_target(n) for n in node_targets(config, spec)]
+
+
+def deploy_target(n: NodeTarget) -> Target:
+    fe = n.frontend
+    return Target.render(
+        frontend=n.ref.frontend, node=n.ref.node, address=n.address, certificate=n.certificate,
+        path=fe.deployer.path, check=fe.check, reload=fe.reload,
+        timeout=fe.command_timeout.total_seconds(), port=n.ssh_port, minion=n.minion)
 
 
 def steps(nodes: list[str], frontend: FrontendConfig) -> list[list[str]]:
@@ -82,21 +82,20 @@ class Work:
 class RolloutStats:
     """This process's counters for /metrics: reload commands asked of each node, batch sizes."""
 
-    reloads: Counter = field(default_factory=Counter)  # (frontend, node) -> reloads
+    reloads: Counter = field(default_factory=Counter)  # NodeRef -> reloads
     batch_sizes: Counter = field(default_factory=Counter)  # certificates per batch -> batches
 
     def count_reloads(self, results: list[DeployResult]) -> None:
         """A node reloaded if any of its results got past the reload (ok, or failing at it),
         and again if a failed reload was undone."""
-        seen: dict[tuple[str, str], int] = {}
+        seen: dict[NodeRef, int] = {}
         for r in results:
             t = r.target
             if not t.reload:
                 continue
             ran = 1 if r.ok or r.kind == "reload" else 0
             ran += 1 if r.kind == "reload" and r.rolled_back else 0
-            key = (t.frontend, t.node)
-            seen[key] = max(seen.get(key, 0), ran)
+            seen[t.ref] = max(seen.get(t.ref, 0), ran)
         self.reloads.update(seen)
 
 
@@ -231,9 +230,9 @@ class Rollout:
         refused certificate stands alone (the nodes are bisected concurrently)."""
         results = await deployer.deploy(batch)
         self.stats.count_reloads(results)
-        by_node: dict[tuple[str, str], list[int]] = {}
+        by_node: dict[NodeRef, list[int]] = {}
         for i, r in enumerate(results):
-            by_node.setdefault((r.target.frontend, r.target.node), []).append(i)
+            by_node.setdefault(r.target.ref, []).append(i)
 
         async def settle(indexes: list[int]) -> None:
             budget = [4 * math.ceil(math.log2(max(2, len(indexes)))) + 4]
@@ -350,16 +349,16 @@ class Rollout:
     async def _batch_event(self, group: str, batch: list[Placement],
                            results: list[DeployResult], batch_id: str, seconds: float) -> None:
         """One line per node and batch: how many certificates, how many made it, how long."""
-        nodes: dict[str, list[DeployResult]] = {}
+        nodes: dict[NodeRef, list[DeployResult]] = {}
         for r in results:
-            nodes.setdefault(r.target.node, []).append(r)
-        for node, rs in nodes.items():
+            nodes.setdefault(r.target.ref, []).append(r)
+        for ref, rs in nodes.items():
             ok = sum(r.ok for r in rs)
-            message = (f"batch[{batch_id}] {group}/{node}: {ok} of {len(rs)} certificates "
+            message = (f"batch[{batch_id}] {ref}: {ok} of {len(rs)} certificates "
                        f"deployed in {seconds:.2f}s")
             log.info("%s", message)
             await self.store.add_event(Event(
-                "batch.done", message, Severity.INFO, node=node,
+                "batch.done", message, Severity.INFO, node=ref.node,
                 data={"frontend": group, "batch": batch_id, "size": len(rs), "ok": ok,
                       "seconds": round(seconds, 3)}))
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from cryptography import x509
 
-from certd import deployers, preflight, renewal, rollout
+from certd import deployers, nodes, preflight, renewal, rollout
 from certd.batching import DeployQueue, Request
 from certd.budget import Budget
 from certd.config import Config, split_listen
@@ -29,6 +29,7 @@ from certd.model import (
     DeployStatus,
     Event,
     IssuedCertificate,
+    NodeRef,
     Order,
     Severity,
     utcnow,
@@ -266,11 +267,11 @@ class Certd:
         event) without sending anything to the CA."""
         await self.issuer.ensure_account()
         domains = self.config.domains
-        nodes = [(n.name, n.address, self.config.frontends[g].http_port)
-                 for g in spec.frontends for n in self.config.frontends[g].nodes]
+        paths = [(n.ref.node, n.address, n.http_port)
+                 for n in nodes.node_targets(self.config, spec)]
         for domain in spec.domains:
             result = await preflight.preflight(
-                domain, store=self.store, nodes=nodes,
+                domain, store=self.store, nodes=paths,
                 resolver=split_listen(domains.resolver) if domains.resolver else None,
                 ca_identities=self.config.acme.caa_identities,
                 account_uri=self.issuer.client.account_uri,
@@ -425,14 +426,14 @@ class Certd:
             chosen = self.targets(spec)
             if only_stale[name]:
                 done = _holding(details[name].deployments, cert.serial)
-                chosen = [t for t in chosen if (t.frontend, t.node) not in done]
+                chosen = [t for t in chosen if t.ref not in done]
             work.append(Work(spec, cert, tuple(chosen)))
         results = await self._rollout.run_batch([w for w in work if w.targets]) if work else {}
         after = await self.store.details([w.spec.name for w in work])
         for w in work:
             out[w.spec.name] = results.get(w.spec.name, [])
             done = _holding(after[w.spec.name].deployments, w.cert.serial)
-            if all((t.frontend, t.node) in done for t in self.targets(w.spec)):
+            if all(t.ref in done for t in self.targets(w.spec)):
                 await self._set_state(w.spec.name, status=CertStatus.DEPLOYED)
         return out
 
@@ -442,11 +443,11 @@ class Certd:
             await deployer.close()
 
 
-def _holding(deployments, serial: str) -> set[tuple[str, str]]:
-    """(frontend, node) that hold `serial`, deployed."""
-    return {(d.frontend, d.node) for d in deployments
+def _holding(deployments, serial: str) -> set[NodeRef]:
+    """The nodes that hold `serial`, deployed."""
+    return {d.ref for d in deployments
             if d.serial == serial and d.status is DeployStatus.DEPLOYED}
 
 
-def build_deployers(config: Config) -> dict[str, Deployer]:
-    return {name: deployers.build(fe.deployer) for name, fe in config.frontends.items()}
+def build_deployers(config: Config, store=None) -> dict[str, Deployer]:
+    return {name: deployers.build(fe.deployer, store) for name, fe in config.frontends.items()}

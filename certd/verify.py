@@ -1,43 +1,34 @@
-"""What a node really serves: a TLS handshake with SNI to address:port, reading the leaf.
-Used after every deploy (and by the monitor). No verification of the chain here: the point is
-to learn which certificate is served, even a wrong or expired one."""
+"""Did the deploy land: poll what a node serves for a name until it is the new serial. The
+look itself is the monitor's probe (certd/monitor/probe.py: a handshake with SNI, any
+certificate accepted, so a wrong or expired one is seen too), without its extra handshakes."""
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 from cryptography import x509
 
 from certd.keys import serial_hex
+from certd.model import ProbeTarget
+from certd.monitor import probe
 
 POLL = 0.05  # seconds; nginx serves a new certificate ~10-20 ms after a reload
 
 
-def _context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-async def served_certificate(address: str, port: int, server_name: str,
-                             timeout: float = 5.0) -> x509.Certificate:
-    """The leaf the endpoint serves for `server_name`. Raises OSError/ssl.SSLError/TimeoutError."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(address, port, ssl=_context(), server_hostname=server_name,
-                                ssl_handshake_timeout=timeout), timeout)
+async def served_serial(address: str, port: int, server_name: str,
+                        timeout: float = 5.0) -> tuple[str | None, str]:
+    """(serial of the leaf served for `server_name`, '') or (None, why not). Never raises
+    for network trouble."""
+    result = await probe.probe(ProbeTarget(server_name, address, port, f"{address}:{port}"),
+                               timeout=timeout, protocols=False)
+    if result.error is not None:
+        return None, result.error
+    if not result.chain:
+        return None, "handshake: no certificate served"
     try:
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    finally:
-        writer.close()
-        try:
-            await asyncio.wait_for(writer.wait_closed(), 1)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
-            pass
-    if not der:
-        raise ssl.SSLError("no certificate served")
-    return x509.load_der_x509_certificate(der)
+        return serial_hex(x509.load_der_x509_certificate(result.chain[0])), ""
+    except ValueError as exc:
+        return None, f"handshake: unreadable certificate: {exc}"
 
 
 async def wait_serving(address: str, port: int, server_name: str, serial: str,
@@ -46,17 +37,12 @@ async def wait_serving(address: str, port: int, server_name: str, serial: str,
     passes (False, what it served or why it failed)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    seen = "nothing"
     while True:
-        try:
-            cert = await served_certificate(address, port, server_name,
-                                            max(0.5, min(5.0, deadline - loop.time())))
-            got = serial_hex(cert)
-            if got == serial:
-                return True, ""
-            seen = f"serial {got}"
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
-            seen = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        got, why = await served_serial(address, port, server_name,
+                                       max(0.5, min(5.0, deadline - loop.time())))
+        if got == serial:
+            return True, ""
+        seen = f"serial {got}" if got is not None else why
         if loop.time() >= deadline:
             return False, seen
         await asyncio.sleep(POLL)

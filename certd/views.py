@@ -35,7 +35,7 @@ def build_view(certd: Certd, spec: CertificateSpec, details: CertDetails, now: d
         "renewal_at": _iso(plan.at) if plan else None,
         "renewal_reason": plan.reason if plan else None,
         "deployed_nodes": sorted(
-            f"{d.frontend}/{d.node}" for d in deps
+            str(d.ref) for d in deps
             if cert and d.serial == cert.serial and d.status.value == "deployed"
         ),
         "deployments": [

@@ -195,6 +195,9 @@ async def test_every_registered_route_has_a_scope(scoped):
         need = scopes.needed(method, path)
         if need == scopes.PUBLIC:
             assert "403" not in op["responses"]
+        elif need == scopes.BUNDLE:  # its own one-shot token: 401, never 403
+            assert op["x-certd-scope"] == need and "401" in op["responses"]
+            assert op["security"] == [{"bundleToken": []}]
         else:
             assert op["x-certd-scope"] == need and "403" in op["responses"], (method, path)
 

@@ -102,3 +102,32 @@ async def test_silent_tcp_server_times_out_into_unreachable():
     assert connections, "the probe never connected"
     assert result.error == "timeout"
     assert list(_checks(result)) == ["unreachable"]
+
+
+async def test_deploy_verification_and_the_monitor_share_one_probe(lab, monkeypatch):
+    """verify.wait_serving looks through probe(): the same handshake, the same served serial."""
+    from certd import verify
+    from certd.monitor import probe as probe_module
+
+    node = lab.node("fe1")
+    looked: list[ProbeTarget] = []
+
+    async def recording(target, **kwargs):
+        looked.append(target)
+        return await probe(target, **kwargs)
+
+    monkeypatch.setattr(probe_module, "probe", recording)
+    monitor_view = await probe_module.probe(
+        ProbeTarget("nobody.certd-lab.test", node.address, node.tls_port, "lab/fe1"),
+        timeout=5, protocols=False)
+    served = format(x509.load_der_x509_certificate(monitor_view.chain[0]).serial_number, "x")
+    assert await verify.served_serial(node.address, node.tls_port,
+                                      "nobody.certd-lab.test") == (served, "")
+    assert await verify.wait_serving(node.address, node.tls_port, "nobody.certd-lab.test",
+                                     served, 5) == (True, "")
+    ok, seen = await verify.wait_serving(node.address, node.tls_port, "nobody.certd-lab.test",
+                                         "00", 0.2)
+    assert (ok, seen) == (False, f"serial {served}")
+    assert len(looked) >= 4
+    assert {(t.domain, t.address, t.port) for t in looked} == {
+        ("nobody.certd-lab.test", node.address, node.tls_port)}

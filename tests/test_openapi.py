@@ -101,7 +101,9 @@ def test_document_matches_the_router_and_the_auth_rules():
                 resp = _resolve(doc, resp)
                 kinds = set(resp.get("content", {}))
                 expected = {"application/problem+json"} if int(code) >= 400 \
-                    else {"text/plain"} if path == "/metrics" else {"application/json"}
+                    else {"text/plain"} if path == "/metrics" \
+                    else {"application/x-tar"} if "/salt/bundles/" in path \
+                    else {"application/json"}
                 assert kinds == expected, (method, path, code)
     new = doc["components"]["schemas"]["NewDomain"]
     assert new["additionalProperties"] is False and new["required"] == ["domain"]
@@ -161,7 +163,10 @@ def api_schema(live):
     return schema
 
 
-fuzzed = schemathesis.pytest.from_fixture("api_schema")
+# a Salt bundle needs a one-shot token only the Salt deployer makes: its fixed 401 for
+# everything else is tested in tests/test_salt.py and, end to end, tests/test_salt_lab.py
+fuzzed = schemathesis.pytest.from_fixture("api_schema").exclude(
+    path="/api/v1/salt/bundles/{batch}")
 
 
 @fuzzed.parametrize()

@@ -176,3 +176,99 @@ def test_missing_salt_venv_is_reported(tmp_path: Path) -> None:
 
     message = salt_venv_missing(tmp_path / "nowhere")
     assert message is not None and "scripts/salt-venv" in message
+
+
+# --- pull mode's one-shot bundle tokens (no lab: the store and the API route) ----------------
+
+async def test_bundle_token_is_taken_once_even_concurrently(tmp_path: Path) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from certd.deployers import salt_pull
+    from certd.model import utcnow
+    from certd.store.sqlite import SqliteStore
+
+    a, b = SqliteStore(tmp_path / "db.sqlite"), SqliteStore(tmp_path / "db.sqlite")
+    await a.open()
+    await b.open()  # two connections, as two processes sharing the file
+    try:
+        now = utcnow()
+        token, batch = salt_pull.new_token(), salt_pull.new_batch()
+        digest = salt_pull.token_digest(token)
+        await a.create_bundle_token(digest, batch=batch, minion="fe1",
+                                    items=[("portal", "0a1b")], now=now,
+                                    expires_at=now + timedelta(minutes=2))
+        assert await a.take_bundle_token(digest, "f" * 16, now) is None  # another batch
+        got = await asyncio.gather(*(s.take_bundle_token(digest, batch, now)
+                                     for s in (a, b, a, b)))
+        winners = [g for g in got if g is not None]
+        assert len(winners) == 1
+        assert winners[0].minion == "fe1" and winners[0].items == (("portal", "0a1b"),)
+        assert await b.take_bundle_token(digest, batch, now) is None  # replayed
+
+        late = salt_pull.new_token()
+        await a.create_bundle_token(salt_pull.token_digest(late), batch=batch, minion="fe2",
+                                    items=[], now=now, expires_at=now + timedelta(seconds=5))
+        assert await a.take_bundle_token(salt_pull.token_digest(late), batch,
+                                         now + timedelta(seconds=6)) is None  # expired
+        assert await a.expire_bundle_tokens(now, batch) == 2  # the job is over: all gone
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_bundle_tar_is_deterministic_and_pull_job_holds_no_key() -> None:
+    from datetime import datetime, timezone
+
+    from certd.deployers import salt_pull
+    from certd.deployers.base import Placement, Target
+    from certd.model import IssuedCertificate
+
+    key = "-----BEGIN PRIVATE KEY-----\nS3CR3TKEYMATERIAL\n-----END PRIVATE KEY-----\n"
+    t = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    cert = IssuedCertificate(name="portal", serial="0a1b", domains=("a.test",), not_before=t,
+                             not_after=t, cert_pem="CERT\n", chain_pem="CHAIN\n", key_pem=key)
+    tar = salt_pull.bundle_tar([("portal", cert)])
+    assert tar == salt_pull.bundle_tar([("portal", cert)]) and b"S3CR3TKEYMATERIAL" in tar
+    target = Target.render(frontend="web", node="fe1", address="127.0.0.1",
+                           certificate="portal", path="/etc/ssl/{certificate}",
+                           check="nginx -t", reload="nginx -s reload", timeout=5)
+    high = salt_pull.pull_high([Placement(target, cert)], "0123456789abcdef",
+                               {"fe1": salt_pull.new_token()}, "https://certd:8403",
+                               "0" * 64, None)
+    assert "S3CR3TKEYMATERIAL" not in repr(high)
+    assert {"certd-pull-fetch", "certd-pull-0-guard", "certd-pull-0-place",
+            "certd-pull-0-switch", "certd-pull-check-0", "certd-pull-reload-0",
+            "certd-pull-rollback", "certd-pull-cleanup"} == set(high)
+
+
+async def test_bundle_route_has_one_fixed_refusal(tmp_path: Path) -> None:
+    """No token, an API admin token, a malformed one, an unknown one, a bad batch: the same
+    401 problem, echoing nothing."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from certd import config as configuration
+    from certd.api import app as api
+    from certd.api.tokens import parse
+    from certd.app import open_certd
+    from certd.deployers import salt_pull
+
+    admin = "admin-token-0123456789abcdef"
+    cfg = configuration.parse({"state_dir": str(tmp_path / "state")})
+    async with open_certd(cfg) as certd:
+        app = api.build_app(certd, parse(f"root {admin} admin\n", "tokens"))
+        async with TestClient(TestServer(app)) as c:
+            answers = []
+            unknown = salt_pull.new_token()
+            for batch, header in (("0123456789abcdef", None),
+                                  ("0123456789abcdef", f"Bearer {admin}"),
+                                  ("0123456789abcdef", "Bearer cdb_short"),
+                                  ("0123456789abcdef", f"Bearer {unknown}"),
+                                  ("NOT-A-BATCH", f"Bearer {unknown}")):
+                resp = await c.get(f"/api/v1/salt/bundles/{batch}",
+                                   headers={"Authorization": header} if header else {})
+                body = await resp.read()
+                assert resp.status == 401 and unknown.encode() not in body
+                assert admin.encode() not in body and batch.encode() not in body
+                answers.append(body)
+            assert len(set(answers)) == 1

@@ -5,6 +5,7 @@ on one node rolls back there only, a stopped minion fails alone, a bad password 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 
@@ -20,7 +21,8 @@ from tests.certd_lab import (
 pytestmark = pytest.mark.lab
 
 
-def salt_config(lab, salt_lab, tmp_path, name, *, password_file=None, check=None, timeout="10s"):
+def salt_config(lab, salt_lab, tmp_path, name, *, password_file=None, check=None, timeout="10s",
+                pull=False):
     data = lab_config_data(lab, tmp_path / "state",
                            [{"name": name, "domains": [f"{name}.test"], "frontends": ["web"]}])
     web = data["frontends"]["web"]
@@ -29,6 +31,8 @@ def salt_config(lab, salt_lab, tmp_path, name, *, password_file=None, check=None
         "password_file": str(password_file or salt_lab.password_file),
         "eauth": salt_lab.eauth, "path": salt_lab.deploy_path_template, "timeout": timeout,
     }
+    if pull:  # minions fetch from certd's API listener, plain HTTP on loopback here
+        web["deployer"].update(mode="pull", pull_url=f"http://{data['api']['listen']}")
     web["reload"] = salt_lab.reload_command
     web["verify_timeout"] = "5s"
     if check:
@@ -151,3 +155,124 @@ async def test_salt_refuses_a_symlinked_versions_dir(lab, salt_lab, tmp_path):
     assert results["fe2"].ok, results["fe2"].message
     assert (lab.cert_dir("fe2", "saltplant").parent / ".saltplant.d" / ".certd").read_text() \
         == "managed by certd; certificate saltplant\n"
+
+
+# --- issue 11 item 5: pull mode, no key in Salt's job cache, returns or event bus ------------
+
+def _event_tap(salt_lab, token):
+    """Read salt-api's /events (every event of the master's bus) in a thread until closed."""
+    import threading
+
+    import requests
+
+    seen: list[bytes] = []
+    response = requests.get(f"{salt_lab.api_url}/events", stream=True, timeout=(5, 120),
+                            headers={"X-Auth-Token": token, "Accept": "text/event-stream"})
+    assert response.status_code == 200
+
+    def read():
+        try:
+            for chunk in response.iter_content(chunk_size=None):
+                seen.append(chunk)
+        except Exception:  # noqa: BLE001 - closed from the test: the tap ends
+            pass
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return seen, response, thread
+
+
+def _key_body(cert) -> str:
+    """A distinctive slice of the private key's PEM body (a whole base64 line)."""
+    return cert.key_pem.strip().splitlines()[2]
+
+
+async def test_pull_mode_keeps_the_key_out_of_salt(lab, salt_lab, tmp_path):
+    import re
+    import time
+
+    import requests
+
+    from certd.app import api_app, start_site
+    from certd.deployers import salt_pull
+    from certd.model import utcnow
+
+    lab.set_sites({"pulled": ["pulled.test"]})
+    cfg = salt_config(lab, salt_lab, tmp_path, "pulled", pull=True)
+    pull_url = cfg.frontends["web"].deployer.pull_url
+    started = time.time()
+    api_token = await asyncio.to_thread(salt_lab.login)
+    seen, stream, tap = await asyncio.to_thread(_event_tap, salt_lab, api_token)
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        runner = await start_site(await api_app(cfg, certd), cfg.api.listen, "api",
+                                  cfg.api.limits)
+        try:
+            cert, results = await _issue(certd, "pulled")
+            await asyncio.sleep(1)  # the last events of the job reach the tap
+            stream.close()
+            assert all(r.ok for r in results.values()), [r.message for r in results.values()]
+            for node in lab.nodes:
+                assert served(lab, node.name, "pulled") == cert.serial
+                d = lab.cert_dir(node.name, "pulled")
+                assert d.is_symlink() and (d / "privkey.pem").stat().st_mode & 0o777 == 0o600
+                assert (d / "combined.pem").stat().st_mode & 0o777 == 0o600
+                assert (d / "privkey.pem").read_text() == cert.key_pem
+                assert (d.parent / ".pulled.d" / ".certd").read_text() == \
+                    "managed by certd; certificate pulled\n"
+            fetched = await certd.store.events(kind="salt.bundle")
+            assert sorted(e.data["minion"] for e in fetched) == ["fe1", "fe2"]
+
+            body = _key_body(cert)
+            # the master's job cache: every file of every job since the test started
+            cached = [p for p in salt_lab.master_job_cache_dir.rglob("*")
+                      if p.is_file() and p.stat().st_mtime >= started - 1]
+            assert any(p.name == ".load.p" for p in cached)
+            assert not [p for p in cached if body.encode() in p.read_bytes()]
+            # the returns: the minions' return.p files in the same cache (salt-api's /jobs
+            # needs the runner client, which this master does not enable), and the bus
+            assert any(p.name == "return.p" for p in cached)
+            pulls = [p.read_bytes().decode("latin-1") for p in cached
+                     if p.name == ".load.p" and b"certd-pull-fetch" in p.read_bytes()]
+            assert pulls, "the pull job is in the job cache"
+            bus = b"".join(seen)
+            assert b"certd-pull-fetch" in bus and body.encode() not in bus
+
+            # what the job data does hold: spent tokens. Replaying one is refused.
+            tokens = set(re.findall(r"cdb_[A-Za-z0-9_-]{43}", pulls[0]))
+            batch = re.search(r"certd-pull/([0-9a-f]{16})", pulls[0]).group(1)
+            assert len(tokens) == 2
+            url = f"{pull_url}/api/v1/salt/bundles/{batch}"
+            for t in tokens:
+                replay = await asyncio.to_thread(
+                    requests.get, url, headers={"Authorization": f"Bearer {t}"}, timeout=10)
+                assert replay.status_code == 401 and t not in replay.text
+                assert batch not in replay.text
+
+            # an expired token is refused; the same request with a live one is served
+            now = utcnow()
+            items = [("pulled", cert.serial)]
+            expired, live = salt_pull.new_token(), salt_pull.new_token()
+            fresh = salt_pull.new_batch()
+            await certd.store.create_bundle_token(
+                salt_pull.token_digest(expired), batch=fresh, minion="fe1", items=items,
+                now=now - timedelta(minutes=3), expires_at=now - timedelta(minutes=1))
+            await certd.store.create_bundle_token(
+                salt_pull.token_digest(live), batch=fresh, minion="fe1", items=items,
+                now=now, expires_at=now + timedelta(minutes=2))
+            url = f"{pull_url}/api/v1/salt/bundles/{fresh}"
+
+            def get(token):
+                return requests.get(url, headers={"Authorization": f"Bearer {token}"},
+                                    timeout=10)
+
+            refused = await asyncio.to_thread(get, expired)
+            served_ok = await asyncio.to_thread(get, live)
+            again = await asyncio.to_thread(get, live)
+            assert refused.status_code == 401 and again.status_code == 401
+            assert refused.content == again.content  # one fixed answer
+            assert served_ok.status_code == 200
+            assert served_ok.content == salt_pull.bundle_tar([("pulled", cert)])
+        finally:
+            stream.close()
+            await runner.cleanup()
+    tap.join(5)

@@ -15,6 +15,7 @@ from aiohttp import web
 from certd import __version__
 from certd import metrics
 from certd.api import alerts, domains, openapi
+from certd.api import salt as salt_bundles
 from certd.api.http import (
     CERTD,
     MAX_BODY,
@@ -123,6 +124,7 @@ def build_app(certd: Certd, tokens: Tokens, *, monitor=None, challenge_stats=Non
     r.add_post("/api/v1/certificates/{name}/renew", renew_certificate)
     r.add_post("/api/v1/certificates/{name}/deploy", deploy_certificate)
     domains.add_routes(r)
+    salt_bundles.add_routes(r)
     r.add_get("/api/v1/openapi.json", openapi.serve)
     rollout = certd.rollout_stats if certd is not None else None
     alerts.add_routes(app, metrics.Sources(certd, monitor, challenge_stats, sweeper, rollout))

@@ -81,11 +81,12 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def authenticate(request: web.Request, handler) -> web.StreamResponse:
     """A bearer token, then its scope against certd/api/scopes.py's table for the matched
-    route: 401 without a known token, 403 `forbidden` naming the scope needed."""
+    route: 401 without a known token, 403 `forbidden` naming the scope needed. A BUNDLE route
+    goes to its handler, which accepts nothing but its own one-shot token."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None  # None: 404/405 to come
     need = scopes.needed(request.method, route) if route is not None else None
-    if need == scopes.PUBLIC or (
+    if need in (scopes.PUBLIC, scopes.BUNDLE) or (
             route == "/metrics" and not request.app[CERTD].config.api.metrics_auth):
         return await handler(request)
     if route is None and not request.path.startswith("/api/"):

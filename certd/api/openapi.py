@@ -158,7 +158,7 @@ STORE_UNAVAILABLE = {"$ref": "#/components/responses/StoreUnavailable"}
 
 
 def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None,
-        body: dict | None = None, public: bool = False) -> dict:
+        body: dict | None = None, public: bool = False, bundle: bool = False) -> dict:
     op: dict[str, Any] = {"operationId": op_id, "summary": summary}
     if params:
         op["parameters"] = params
@@ -166,6 +166,9 @@ def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None
         op["requestBody"] = body
     if public:
         op["security"] = []
+    elif bundle:  # its own one-shot token; no API token, so never a 403
+        op["security"] = [{"bundleToken": []}]
+        responses = {**responses, "401": UNAUTHORIZED, "503": STORE_UNAVAILABLE}
     else:
         responses = {**responses, "401": UNAUTHORIZED, "403": FORBIDDEN,
                      "503": STORE_UNAVAILABLE}
@@ -194,7 +197,11 @@ def document() -> dict:
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             need = scopes.needed(method.upper(), path)
-            if need not in (None, scopes.PUBLIC):
+            if need == scopes.BUNDLE:
+                op["x-certd-scope"] = need
+                op["description"] = ("Needs the one-shot bundle token the Salt deployer gave "
+                                     "this minion for this batch; API tokens are refused.")
+            elif need not in (None, scopes.PUBLIC):
                 op["x-certd-scope"] = need
                 op["description"] = f"Needs a token with the `{need}` scope (or above)."
     return doc
@@ -231,6 +238,16 @@ def _document() -> dict:
                 "openapi", "This document",
                 {"200": {"description": "the OpenAPI document",
                          "content": {JSON: {"schema": {"type": "object"}}}}})},
+            "/api/v1/salt/bundles/{batch}": {"get": _op(
+                "getSaltBundle", "A minion fetches its batch's files (Salt pull mode)",
+                {"200": {"description": "a tar of `<i>/fullchain.pem`, `privkey.pem`, "
+                                        "`cert.pem`, `chain.pem`, `combined.pem`, `.certd` "
+                                        "per certificate of the batch",
+                         "content": {"application/x-tar": {"schema": {
+                             "type": "string", "format": "binary"}}}}},
+                params=[{**_path("batch", "the batch id (16 hex digits)", "0123456789abcdef"),
+                         "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}],
+                bundle=True)},
             "/api/v1/certificates": {"get": _op(
                 "listCertificates", "Every configured certificate",
                 {"200": _ok("all certificates", "CertificateList")})},
@@ -300,7 +317,11 @@ def _document() -> dict:
         },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "a token from api.tokens_file"}},
+                                               "description": "a token from api.tokens_file"},
+                                "bundleToken": {"type": "http", "scheme": "bearer",
+                                                "description": "a one-shot Salt bundle token "
+                                                "(cdb_...), valid once, for one minion and "
+                                                "one batch, for pull_token_ttl"}},
             "responses": {"Unauthorized": _problem(
                 "unauthorized: missing or unknown bearer token",
                 {"WWW-Authenticate": {"schema": STR}}),

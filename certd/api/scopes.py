@@ -5,11 +5,15 @@ route build_app registers is listed. The OpenAPI document takes each operation's
 here too.
 
 Scopes (certd/api/tokens.py): `read` < `aliases` < `admin`, each granting what the ones before
-it grant. HEAD is GET (aiohttp registers it with every GET route)."""
+it grant. Two values are not scopes: PUBLIC (no token) and BUNDLE (no API token; the handler
+checks a one-shot Salt bundle token itself). HEAD is GET (aiohttp registers it with every GET route)."""
 
 from __future__ import annotations
 
 PUBLIC = "public"  # no token at all
+# no API token: the handler itself takes a one-shot Salt bundle token (certd/api/salt.py);
+# an API token, whatever its scope, is just an unknown bundle token there
+BUNDLE = "bundle-token"
 
 ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
@@ -24,6 +28,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/domains/{domain}"): "read",
     ("POST", "/api/v1/domains"): "aliases",
     ("DELETE", "/api/v1/domains/{domain}"): "aliases",  # ?revoke=true too: the alias's own
+    ("GET", "/api/v1/salt/bundles/{batch}"): BUNDLE,
 }
 
 

@@ -12,14 +12,14 @@ from certd.deployers.salt import SaltDeployer
 from certd.deployers.ssh import SshDeployer
 
 
-def build(config: DeployerConfig) -> Deployer:
+def build(config: DeployerConfig, store=None) -> Deployer:
     """The registry: one branch per config model of the discriminated union."""
     if isinstance(config, FileDeployerConfig):
         return FileDeployer(config)
     if isinstance(config, SshDeployerConfig):
         return SshDeployer(config)
     if isinstance(config, SaltDeployerConfig):
-        return SaltDeployer(config)
+        return SaltDeployer(config, store)  # pull mode keeps its bundle tokens there
     raise TypeError(f"no deployer for {type(config).__name__}")
 
 

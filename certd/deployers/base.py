@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from certd.config import render
-from certd.model import IssuedCertificate
+from certd.model import IssuedCertificate, NodeRef
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class Target:
     timeout: float
     port: int | None = None  # per-node SSH port override
     minion: str | None = None  # salt minion id
+
+    @property
+    def ref(self) -> NodeRef:
+        return NodeRef(self.frontend, self.node)
 
     @classmethod
     def render(cls, *, frontend: str, node: str, address: str, certificate: str,

@@ -1,5 +1,10 @@
-"""The Salt deployer: certd speaks HTTP to salt-api (never imports salt). One `state.high` job
-per certificate (a batch goes one certificate after another) targets the minions:
+"""The Salt deployer: certd speaks HTTP to salt-api (never imports salt).
+
+`mode: pull` (certd/deployers/salt_pull.py): one `state.high` job per batch; each minion
+fetches its batch from certd's API with a one-shot token, so no key ever travels through Salt;
+one check and one reload per minion. `mode: push` (the default, for existing setups): one
+`state.high` job per certificate (a batch goes one certificate after another) targets the
+minions:
 `file.managed` writes the five files into a new version directory (key files 0600,
 `show_changes: False`), then `cmd.run` states switch the symlink,
 run `check` and `reload`, and an `onfail` state switches back if either fails. A minion counts
@@ -13,6 +18,7 @@ deploy/salt/README.md for how to keep them out.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import posixpath
 import re
@@ -31,10 +37,11 @@ from certd.deployers.base import (
     file_set,
     removal_message,
 )
+from certd.deployers import salt_pull
 from certd.deployers.layout import MARKER, PREVIOUS, marker_text
 from certd.errors import DeployError
 from certd.httputil import BodyTooLarge, read_limited
-from certd.model import IssuedCertificate
+from certd.model import IssuedCertificate, utcnow
 
 MAX_BODY = 16 << 20
 OUTPUT_LIMIT = 8192  # characters of command output kept per node, as the file deployer
@@ -176,8 +183,9 @@ def high_data(target: Target, cert: IssuedCertificate) -> dict[str, Any]:
 class SaltDeployer:
     kind = "salt"
 
-    def __init__(self, config: SaltDeployerConfig):
+    def __init__(self, config: SaltDeployerConfig, store=None):
         self.config = config
+        self.store = store  # pull mode: where the bundle tokens go (certd's store)
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._login_lock = asyncio.Lock()
@@ -258,6 +266,63 @@ class SaltDeployer:
 
     # Deployer ---------------------------------------------------------------------------
     async def deploy(self, batch: list[Placement]) -> list[DeployResult]:
+        if self.config.mode == "pull":
+            return await self._deploy_pull(batch)
+        return await self._deploy_push(batch)
+
+    async def _deploy_pull(self, batch: list[Placement]) -> list[DeployResult]:
+        """One job per group of minions whose placements render alike (usually one job for
+        the whole batch); each minion pulls the same bundle with its own token."""
+        by_node: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(batch):
+            by_node.setdefault((p.target.frontend, p.target.node), []).append(i)
+        groups: dict[tuple, list[tuple[str, str]]] = {}
+        for node, indexes in by_node.items():
+            sig = tuple((batch[i].target.certificate, batch[i].cert.serial, batch[i].target.path,
+                         batch[i].target.check, batch[i].target.reload) for i in indexes)
+            groups.setdefault(sig, []).append(node)
+        out: list[DeployResult | None] = [None] * len(batch)
+        for nodes in groups.values():
+            share = [[batch[i] for i in by_node[n]] for n in nodes]
+            try:
+                results = await self._pull_job(share)
+            except DeployError as exc:
+                results = [[DeployResult(p.target, False,
+                                         str(exc).replace("[*]", f"[{p.target.node}]"),
+                                         kind=exc.kind) for p in mine] for mine in share]
+            for n, node_results in zip(nodes, results):
+                for i, r in zip(by_node[n], node_results):
+                    out[i] = r
+        return out  # type: ignore[return-value]
+
+    async def _pull_job(self, share: list[list[Placement]]) -> list[list[DeployResult]]:
+        if self.store is None:
+            raise DeployError("salt: mode pull needs certd's store (build the deployer with "
+                              "it)", node="*", kind="write")
+        first = share[0]
+        bundle = salt_pull.bundle_tar([(p.target.certificate, p.cert) for p in first])
+        digest = hashlib.sha256(bundle).hexdigest()
+        batch_id = salt_pull.new_batch()
+        items = [(p.target.certificate, p.cert.serial) for p in first]
+        minions = [mine[0].target.minion or mine[0].target.node for mine in share]
+        tokens = {m: salt_pull.new_token() for m in minions}
+        now = utcnow()
+        await self.store.expire_bundle_tokens(now)
+        try:
+            for minion, token in tokens.items():
+                await self.store.create_bundle_token(
+                    salt_pull.token_digest(token), batch=batch_id, minion=minion, items=items,
+                    now=now, expires_at=now + self.config.pull_token_ttl)
+            high = salt_pull.pull_high(first, batch_id, tokens, self.config.pull_url or "",
+                                       digest, self.config.pull_cafile)
+            answers = await self.run(self._job([mine[0].target for mine in share],
+                                               "state.high", [high]))
+        finally:  # the job is over: no token of it stays valid, used or not
+            await self.store.expire_bundle_tokens(utcnow(), batch_id)
+        return [_pull_results(mine, answers.get(minion))
+                for mine, minion in zip(share, minions)]
+
+    async def _deploy_push(self, batch: list[Placement]) -> list[DeployResult]:
         """The minimal adaptation to batches: one state.high job per certificate, one after
         another (each with its own check and reload on its minions), so a batch costs a
         reload per certificate here. Pull mode will bring one job per batch."""
@@ -426,3 +491,67 @@ def _state_result(target: Target, answer: Any, cert: IssuedCertificate) -> Deplo
     return DeployResult(target, False, f"{where}: {step}: {_clean(comment[0], 300)}",
                         rolled_back=rollback is not None, output=output,
                         kind=step)
+
+
+def _pull_state(states: dict, sid: str) -> dict | None:
+    """The state whose id is `sid` (tags are `cmd_|-<id>_|-<name>_|-run`)."""
+    for tag, st in states.items():
+        if isinstance(st, dict) and f"_|-{sid}_|-" in tag:
+            return st
+    return None
+
+
+def _said(st: dict) -> str:
+    changes = st.get("changes") if isinstance(st.get("changes"), dict) else {}
+    lines = str(changes.get("stderr") or st.get("comment", "")).strip().splitlines()
+    return _clean((lines[-1:] or [""])[0], 300)
+
+
+def _pull_results(placements: list[Placement], answer: Any) -> list[DeployResult]:
+    """One minion's answer to a pull job, as one result per placement (bundle order)."""
+    node = placements[0].target.node
+    where = f"salt[{node}]"
+    if not isinstance(answer, dict) or not isinstance(answer.get("ret"), dict):
+        detail = answer if isinstance(answer, str) else "no answer"
+        minion = placements[0].target.minion
+        return [DeployResult(p.target, False, f"{where}: minion {minion} did not answer "
+                             f"({_clean(detail, 200)})", kind="unreachable") for p in placements]
+    states = answer["ret"]
+    output = "\n".join(filter(None, (_stdout(st) for st in states.values()
+                                     if isinstance(st, dict))))[:OUTPUT_LIMIT]
+    fetch = _pull_state(states, "certd-pull-fetch")
+    if fetch is None or fetch.get("result") is not True:
+        why = _said(fetch) if fetch else "the deployment's states did not run"
+        return [DeployResult(p.target, False, f"{where}: fetch: {why}", output=output,
+                             kind="write") for p in placements]
+    failed_step = None
+    for tag, st in states.items():
+        m = re.search(r"_\|-certd-pull-(check|reload)-\d+_\|-", tag)
+        if m and isinstance(st, dict) and st.get("result") is not True and (
+                failed_step is None or st.get("__run_num__", 0)
+                < failed_step[1].get("__run_num__", 0)):
+            failed_step = (m.group(1), st)
+    rollback = _pull_state(states, "certd-pull-rollback") or {}
+    rolled = set(re.findall(r"^certd: rolled back (\d+)$", _stdout(rollback), re.M))
+    out = []
+    for i, p in enumerate(placements):
+        guard = _pull_state(states, f"certd-pull-{i}-guard") or {}
+        place = _pull_state(states, f"certd-pull-{i}-place") or {}
+        switch = _pull_state(states, f"certd-pull-{i}-switch") or {}
+        if guard.get("result") is not True:
+            out.append(DeployResult(p.target, False, f"{where}: {_said(guard)}",
+                                    output=output, kind="refused"))
+        elif place.get("result") is not True:
+            out.append(DeployResult(p.target, False, f"{where}: write: {_said(place)}",
+                                    output=output, kind="write"))
+        elif switch.get("result") is not True:
+            out.append(DeployResult(p.target, False, f"{where}: switch: {_said(switch)}",
+                                    output=output, kind="switch"))
+        elif failed_step is not None:
+            step, st = failed_step
+            out.append(DeployResult(p.target, False, f"{where}: {step}: {_said(st)}",
+                                    rolled_back=str(i) in rolled, output=output, kind=step))
+        else:
+            out.append(DeployResult(p.target, True,
+                                    f"{where}: deployed serial {p.cert.serial}", output=output))
+    return out

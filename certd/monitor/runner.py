@@ -31,6 +31,7 @@ from certd.config import MonitorConfig
 from certd.model import CertDetails, DeployStatus, Finding, ProbeTarget, Severity
 from certd.monitor import checks, probe
 from certd.monitor.alerts import PENDING, AlertBook
+from certd.nodes import node_targets
 from certd.service import Certd
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,13 @@ class Monitor:
         """The names of the certificates in `details` that have a certificate, on every node
         of their frontends; then, with `endpoints`, the extra endpoints."""
         out: list[ProbeTarget] = []
-        frontends = self.certd.config.frontends
         for name, d in details.items():
             if d.summary is None:
                 continue
             spec = self.certd.spec(name)
-            for group in spec.frontends:
-                fe = frontends[group]
-                for node in fe.nodes:
-                    out.extend(ProbeTarget(domain, node.address, fe.tls_port,
-                                           f"{group}/{node.name}", spec.name, group)
-                               for domain in spec.domains)
+            for n in node_targets(self.certd.config, spec):
+                out.extend(ProbeTarget.on_node(n.ref, domain, n.address, n.tls_port, spec.name)
+                           for domain in spec.domains)
         if endpoints:
             for ep in self.config.endpoints:
                 out.extend(ProbeTarget(n, ep.address, ep.port, f"{ep.address}:{ep.port}")
@@ -100,10 +97,9 @@ class Monitor:
         if d is None or d.summary is None:
             return None
         cert = d.summary
-        node = target.node.split("/", 1)[1]
         deployed_at = next((dep.updated_at for dep in d.deployments
-                            if dep.frontend == target.frontend and dep.node == node
-                            and dep.serial == cert.serial), cert.issued_at)
+                            if dep.ref == target.ref and dep.serial == cert.serial),
+                           cert.issued_at)
         return checks.Expected(cert.serial, deployed_at)
 
     def pending(self, target: ProbeTarget, details: dict[str, CertDetails],
@@ -111,12 +107,10 @@ class Monitor:
         """A `pending` finding when `target`'s deployment has not finished (see the module
         docstring), else None."""
         d = details.get(target.certificate) if target.certificate else None
-        if d is None or d.summary is None or target.frontend is None:
+        if d is None or d.summary is None or target.ref is None:
             return None
-        node = target.node.split("/", 1)[1]
         grace = self.config.stale_grace
-        row = next((dep for dep in d.deployments
-                    if dep.frontend == target.frontend and dep.node == node), None)
+        row = next((dep for dep in d.deployments if dep.ref == target.ref), None)
         if row is None and now - d.summary.issued_at < grace:
             why = f"not deployed yet (issued {_ago(now - d.summary.issued_at)} ago)"
         elif (row is not None and row.status is DeployStatus.DEPLOYING

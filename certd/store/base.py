@@ -20,6 +20,7 @@ Contract, for every implementation (SQLite now, PostgreSQL later):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -37,6 +38,16 @@ from certd.model import (
     IssuedCertificate,
     Order,
 )
+
+
+@dataclass(frozen=True)
+class BundleGrant:
+    """What a taken Salt bundle token grants: the (certificate, serial) sets of one batch,
+    for one minion (certd/deployers/salt_pull.py)."""
+
+    batch: str
+    minion: str
+    items: tuple[tuple[str, str], ...]
 
 
 class Store(Protocol):
@@ -220,4 +231,24 @@ class Store(Protocol):
 
     async def purge_resolved(self, before: datetime) -> int:
         """Drop alerts resolved before `before`; returns how many."""
+        ...
+
+    # Salt pull mode: one-shot bundle tokens (certd/deployers/salt_pull.py, certd/api/salt.py)
+    async def create_bundle_token(self, token_sha256: str, *, batch: str, minion: str,
+                                  items: Sequence[tuple[str, str]], now: datetime,
+                                  expires_at: datetime) -> None:
+        """Store a token by its SHA-256 (hex) only: the token itself is never stored."""
+        ...
+
+    async def take_bundle_token(self, token_sha256: str, batch: str, now: datetime
+                                ) -> BundleGrant | None:
+        """Spend the token: the grant if it exists for `batch`, is unused and unexpired, and
+        marks it used in the same statement, so of concurrent takes (any processes sharing
+        the store) exactly one gets the grant. None otherwise (unknown, wrong batch, used,
+        expired): the caller cannot tell which, and must not."""
+        ...
+
+    async def expire_bundle_tokens(self, now: datetime, batch: str | None = None) -> int:
+        """Drop every token of `batch` (used or not: the job is over) and every token expired
+        at `now`; returns how many."""
         ...

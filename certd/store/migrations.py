@@ -138,4 +138,18 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE deployments ADD COLUMN batch TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE deployments ADD COLUMN seconds REAL",
     ],
+    [  # 7: Salt pull mode (issue 11) — one-shot bundle tokens, stored as their SHA-256 only.
+        # `items` is a JSON list of [certificate, serial]: what the minion's bundle holds
+        # (the keys stay in `certificates`; a token row never holds key material).
+        """CREATE TABLE bundle_tokens (
+            token_sha256 TEXT PRIMARY KEY,
+            batch TEXT NOT NULL,
+            minion TEXT NOT NULL,
+            items TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT)""",
+        "CREATE INDEX bundle_tokens_by_batch ON bundle_tokens (batch)",
+        "CREATE INDEX bundle_tokens_by_expiry ON bundle_tokens (expires_at)",
+    ],
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from certd.model import (
     Order,
     Severity,
 )
+from certd.store.base import BundleGrant
 from certd.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -601,6 +603,42 @@ class SqliteStore:
 
     async def purge_resolved(self, before: datetime) -> int:
         return await self._exec("DELETE FROM alerts WHERE resolved_at < ?", (_ts(before),))
+
+    # Salt pull mode: one-shot bundle tokens. The take is one UPDATE ... RETURNING: atomic
+    # against every other connection and process, so a token is spent exactly once.
+    async def create_bundle_token(self, token_sha256: str, *, batch: str, minion: str,
+                                  items: Sequence[tuple[str, str]], now: datetime,
+                                  expires_at: datetime) -> None:
+        await self._exec(
+            "INSERT INTO bundle_tokens (token_sha256, batch, minion, items, created_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (token_sha256, batch, minion, json.dumps([list(i) for i in items]), _ts(now),
+             _ts(expires_at)))
+
+    async def take_bundle_token(self, token_sha256: str, batch: str, now: datetime
+                                ) -> BundleGrant | None:
+        # the batch's few digests compared in constant time here, not by the index lookup
+        known = await self._all("SELECT token_sha256 FROM bundle_tokens WHERE batch = ?",
+                                (batch,))
+        match = None
+        for r in known:
+            if hmac.compare_digest(r["token_sha256"].encode(), token_sha256.encode()):
+                match = r["token_sha256"]
+        if match is None:
+            return None
+        row = await self._one(
+            "UPDATE bundle_tokens SET used_at = ? WHERE token_sha256 = ? AND batch = ? "
+            "AND used_at IS NULL AND expires_at > ? RETURNING batch, minion, items",
+            (_ts(now), match, batch, _ts(now)))
+        if row is None:
+            return None
+        items = tuple((str(c), str(s)) for c, s in json.loads(row["items"]))
+        return BundleGrant(row["batch"], row["minion"], items)
+
+    async def expire_bundle_tokens(self, now: datetime, batch: str | None = None) -> int:
+        return await self._exec(
+            "DELETE FROM bundle_tokens WHERE expires_at <= ? OR batch = ?",
+            (_ts(now), batch if batch is not None else ""))
 
 
 def _reason(exc: Exception) -> str:
