@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import time
 from dataclasses import replace
@@ -29,6 +28,7 @@ from tests.certd_lab import (
     served_serial,
     write_config,
 )
+from tests.lab.frontends import nginx_temp_paths, nginx_user
 
 pytestmark = pytest.mark.lab
 TOKEN = "lab-rollout-token-0123456789"
@@ -122,11 +122,7 @@ pid {prefix}/check.pid;
 error_log {prefix}/check-error.log;
 events {{ worker_connections 16; }}
 http {{
-    client_body_temp_path {prefix}/tmp/client_body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
+    {temp_paths}
 {servers}
 }}
 """
@@ -146,7 +142,7 @@ def static_check(lab, names: list[str]) -> str:
         servers = "\n".join(SERVER.format(name=n, path=lab.cert_dir(node.name, n))
                             for n in names)
         (prefix / "check.conf").write_text(STATIC_CHECK.format(
-            user="user root root;" if os.geteuid() == 0 else "", prefix=prefix,
+            user=nginx_user(), prefix=prefix, temp_paths=nginx_temp_paths(prefix),
             servers=servers))
     root = lab.cert_dir("fe1", "x").parent.parent.parent
     return f"nginx -t -q -p {root}/{{node}}/ -c {root}/{{node}}/check.conf"

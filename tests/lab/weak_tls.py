@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from .frontends import nginx_temp_paths, nginx_user
 from .procs import LabError, ManagedProcess, StopOnExit, free_port
 
 __all__ = ["WeakNginx", "write_weak_certificate", "WEAK_NAME"]
@@ -28,11 +29,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log notice;
 events {{ worker_connections 64; }}
 http {{
-    client_body_temp_path {prefix}/tmp/client_body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
+    {temp_paths}
     access_log {prefix}/access.log;
     server {{
         listen {address}:{port} ssl default_server;
@@ -78,9 +75,9 @@ class WeakNginx(StopOnExit):
     def start(self, timeout: float = 10.0) -> "WeakNginx":
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
         write_weak_certificate(self.prefix)
-        user = "user root root;" if os.geteuid() == 0 else "# not root"
-        (self.prefix / "nginx.conf").write_text(
-            _CONF.format(user=user, prefix=self.prefix, address=self.address, port=self.port))
+        (self.prefix / "nginx.conf").write_text(_CONF.format(
+            user=nginx_user(), prefix=self.prefix, temp_paths=nginx_temp_paths(self.prefix),
+            address=self.address, port=self.port))
         self.process.start()
         try:
             self.process.wait_tcp([(self.address, self.port)], timeout)
