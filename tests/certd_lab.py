@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -177,13 +178,11 @@ def web_deployer(cfg: Config, name: str):
     return deployers.build(cfg.frontends["web"].deployer), targets(cfg, spec)
 
 
-async def deploy_past_a_planted_symlink(lab: Lab, deployer, chosen, name: str):
+@contextmanager
+def planted_symlink(lab: Lab, name: str):
     """`.{name}.d -> ../victim-{name}` planted in fe1's certs directory (the victim: mode 0755,
-    holding precious.txt); `name` deployed to `chosen`, then the deployer closed and the link
-    removed. Returns (results by node, fe1's certs directory, the victim)."""
-    from certd.deployers.base import placements
-    from tests.test_deploy_file import issued
-
+    holding precious.txt) while the block runs, removed after. Yields (fe1's certs directory,
+    the victim)."""
     certs = lab.cert_dir("fe1", name).parent
     victim = certs.parent / f"victim-{name}"
     victim.mkdir(exist_ok=True)
@@ -191,11 +190,24 @@ async def deploy_past_a_planted_symlink(lab: Lab, deployer, chosen, name: str):
     (victim / "precious.txt").write_text("do not touch\n")
     (certs / f".{name}.d").symlink_to(f"../victim-{name}")
     try:
-        results = {r.target.node: r for r in
-                   await deployer.deploy(placements(chosen, issued(name, f"{name}.test")))}
+        yield certs, victim
     finally:
-        await deployer.close()
         (certs / f".{name}.d").unlink()
+
+
+async def deploy_past_a_planted_symlink(lab: Lab, deployer, chosen, name: str):
+    """`name` deployed to `chosen` past a planted symlink (`planted_symlink`), then the
+    deployer closed and the link removed. Returns (results by node, fe1's certs directory,
+    the victim)."""
+    from certd.deployers.base import placements
+    from tests.test_deploy_file import issued
+
+    with planted_symlink(lab, name) as (certs, victim):
+        try:
+            results = {r.target.node: r for r in
+                       await deployer.deploy(placements(chosen, issued(name, f"{name}.test")))}
+        finally:
+            await deployer.close()
     return results, certs, victim
 
 

@@ -5,6 +5,8 @@ on one node rolls back there only, a stopped minion fails alone, a bad password 
 from __future__ import annotations
 
 import asyncio
+import os
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
@@ -14,6 +16,7 @@ from certd.app import challenge_listener, open_certd
 from tests.certd_lab import (
     deploy_past_a_planted_symlink,
     lab_config_data,
+    planted_symlink,
     served_serial,
     web_deployer,
 )
@@ -42,6 +45,20 @@ def salt_config(lab, salt_lab, tmp_path, name, *, password_file=None, check=None
 
 def served(lab, node, name) -> str:
     return served_serial(lab, node, f"{name}.test")
+
+
+@asynccontextmanager
+async def pulling_certd(cfg):
+    """certd with its challenge listener and its API listener (where minions pull)."""
+    from certd.app import api_app, start_site
+
+    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
+        runner = await start_site(await api_app(cfg, certd), cfg.api.listen, "api",
+                                  cfg.api.limits)
+        try:
+            yield certd
+        finally:
+            await runner.cleanup()
 
 
 async def _issue(certd, name):
@@ -141,8 +158,6 @@ async def test_salt_remove_leaves_operator_files_alone(lab, salt_lab, tmp_path):
 async def test_salt_refuses_a_symlinked_versions_dir(lab, salt_lab, tmp_path):
     """`.saltplant.d -> ../victim` on fe1: the guard state fails before any file.managed
     runs, so nothing lands in the victim; fe2 deploys."""
-    import os
-
     cfg = salt_config(lab, salt_lab, tmp_path, "saltplant")
     deployer, chosen = web_deployer(cfg, "saltplant")
     results, _, victim = await deploy_past_a_planted_symlink(lab, deployer, chosen, "saltplant")
@@ -160,7 +175,10 @@ async def test_salt_refuses_a_symlinked_versions_dir(lab, salt_lab, tmp_path):
 # --- issue 11 item 5: pull mode, no key in Salt's job cache, returns or event bus ------------
 
 def _event_tap(salt_lab, token):
-    """Read salt-api's /events (every event of the master's bus) in a thread until closed."""
+    """Read salt-api's /events (every event of the master's bus) in a thread. Returns (the
+    chunks read, stop): stop() ends the read at once (the socket's read side shut down: a
+    plain close would wait for the reading thread, i.e. for the next event or the read
+    timeout) and returns once the thread has appended all it got."""
     import threading
 
     import requests
@@ -174,12 +192,20 @@ def _event_tap(salt_lab, token):
         try:
             for chunk in response.iter_content(chunk_size=None):
                 seen.append(chunk)
-        except Exception:  # noqa: BLE001 - closed from the test: the tap ends
+        except Exception:  # noqa: BLE001 - shut down from the test: the tap ends
             pass
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
-    return seen, response, thread
+
+    def stop():
+        if thread.is_alive():
+            response.raw.shutdown()
+            thread.join(5)
+            assert not thread.is_alive(), "the /events reader did not stop"
+        response.close()
+
+    return seen, stop
 
 
 def _key_body(cert) -> str:
@@ -193,7 +219,6 @@ async def test_pull_mode_keeps_the_key_out_of_salt(lab, salt_lab, tmp_path):
 
     import requests
 
-    from certd.app import api_app, start_site
     from certd.deployers import salt_pull
     from certd.model import utcnow
 
@@ -202,14 +227,12 @@ async def test_pull_mode_keeps_the_key_out_of_salt(lab, salt_lab, tmp_path):
     pull_url = cfg.frontends["web"].deployer.pull_url
     started = time.time()
     api_token = await asyncio.to_thread(salt_lab.login)
-    seen, stream, tap = await asyncio.to_thread(_event_tap, salt_lab, api_token)
-    async with open_certd(cfg) as certd, challenge_listener(cfg, certd):
-        runner = await start_site(await api_app(cfg, certd), cfg.api.listen, "api",
-                                  cfg.api.limits)
+    seen, stop_tap = await asyncio.to_thread(_event_tap, salt_lab, api_token)
+    async with pulling_certd(cfg) as certd:
         try:
             cert, results = await _issue(certd, "pulled")
             await asyncio.sleep(1)  # the last events of the job reach the tap
-            stream.close()
+            await asyncio.to_thread(stop_tap)
             assert all(r.ok for r in results.values()), [r.message for r in results.values()]
             for node in lab.nodes:
                 assert served(lab, node.name, "pulled") == cert.serial
@@ -236,6 +259,8 @@ async def test_pull_mode_keeps_the_key_out_of_salt(lab, salt_lab, tmp_path):
             assert pulls, "the pull job is in the job cache"
             bus = b"".join(seen)
             assert b"certd-pull-fetch" in bus and body.encode() not in bus
+            # ... up to the job's end: both minions' returns went by the tap
+            assert all(f"/ret/{n.name}".encode() in bus for n in lab.nodes)
 
             # what the job data does hold: spent tokens. Replaying one is refused.
             tokens = set(re.findall(r"cdb_[A-Za-z0-9_-]{43}", pulls[0]))
@@ -273,6 +298,75 @@ async def test_pull_mode_keeps_the_key_out_of_salt(lab, salt_lab, tmp_path):
             assert served_ok.status_code == 200
             assert served_ok.content == salt_pull.bundle_tar([("pulled", cert)])
         finally:
-            stream.close()
-            await runner.cleanup()
-    tap.join(5)
+            await asyncio.to_thread(stop_tap)
+
+
+async def test_pull_failing_check_rolls_back_one_node(lab, salt_lab, tmp_path):
+    """Pull mode, fe1's check fails: the job's onfail rollback puts fe1 back on its previous
+    set; fe2, in the same job, keeps the new one."""
+    lab.set_sites({"pullchk": ["pullchk.test"]})
+    cfg = salt_config(lab, salt_lab, tmp_path, "pullchk", pull=True)
+    async with pulling_certd(cfg) as certd:
+        old, results = await _issue(certd, "pullchk")
+    assert all(r.ok for r in results.values()), [r.message for r in results.values()]
+
+    marker = lab.cert_dir("fe1", "pullchk").parent / ".salt-check-fails"
+    marker.write_text("")
+    try:
+        cfg = salt_config(lab, salt_lab, tmp_path, "pullchk", pull=True,
+                          check=f"test ! -e {salt_lab.node_root}/certs/.salt-check-fails")
+        async with pulling_certd(cfg) as certd:
+            new, results = await _issue(certd, "pullchk")
+            events = await certd.store.events(certificate="pullchk", kind="deploy.check")
+    finally:
+        marker.unlink()
+    assert new.serial != old.serial
+    fe1, fe2 = results["fe1"], results["fe2"]
+    assert not fe1.ok and fe1.kind == "check" and fe1.rolled_back, fe1.message
+    assert fe1.message.startswith("salt[fe1]: check: "), fe1.message
+    assert fe2.ok and not fe2.rolled_back, fe2.message
+    d = lab.cert_dir("fe1", "pullchk")
+    assert os.readlink(d) == f".pullchk.d/{old.serial}"
+    assert (d / "privkey.pem").read_text() == old.key_pem
+    assert served(lab, "fe1", "pullchk") == old.serial
+    assert served(lab, "fe2", "pullchk") == new.serial
+    assert events and events[0].node == "fe1"
+
+
+async def test_pull_stopped_minion_fails_alone(lab, salt_lab, tmp_path):
+    lab.set_sites({"pullmin": ["pullmin.test"]})
+    cfg = salt_config(lab, salt_lab, tmp_path, "pullmin", timeout="2s", pull=True)
+    await asyncio.to_thread(salt_lab.stop_minion, "fe2")
+    try:
+        async with pulling_certd(cfg) as certd:
+            cert, results = await _issue(certd, "pullmin")
+            fetched = await certd.store.events(kind="salt.bundle")
+    finally:
+        await asyncio.to_thread(salt_lab.start_minion, "fe2")
+    assert results["fe1"].ok and served(lab, "fe1", "pullmin") == cert.serial
+    assert not results["fe2"].ok and results["fe2"].kind == "unreachable"
+    assert "did not answer" in results["fe2"].message
+    assert not lab.cert_dir("fe2", "pullmin").exists()
+    assert [e.data["minion"] for e in fetched] == ["fe1"]
+
+
+async def test_pull_refuses_a_symlinked_versions_dir(lab, salt_lab, tmp_path):
+    """Pull mode, `.pullplant.d -> ../victim` on fe1: the guard fails, so no place step
+    writes; fe2 deploys from the same job."""
+    lab.set_sites({"pullplant": ["pullplant.test"]})
+    cfg = salt_config(lab, salt_lab, tmp_path, "pullplant", pull=True)
+    with planted_symlink(lab, "pullplant") as (_, victim):
+        async with pulling_certd(cfg) as certd:
+            cert, results = await _issue(certd, "pullplant")
+    assert not results["fe1"].ok and results["fe1"].kind == "refused", results["fe1"]
+    assert results["fe1"].message == (
+        f"salt[fe1]: {salt_lab.node_root}/certs/.pullplant.d is a symlink; "
+        "refusing to write keys through it")
+    assert os.listdir(victim) == ["precious.txt"] and victim.stat().st_mode & 0o777 == 0o755
+    assert not lab.cert_dir("fe1", "pullplant").exists()
+    assert results["fe2"].ok, results["fe2"].message
+    assert served(lab, "fe2", "pullplant") == cert.serial
+    # fe1 fetched the bundle all the same; the cleanup state removed it there too
+    pulled = [salt_lab.workdir / f"minion-{m}" / "var/cache/salt/minion/certd-pull"
+              for m in ("fe1", "fe2")]
+    assert all(p.is_dir() and not list(p.iterdir()) for p in pulled), pulled
