@@ -18,6 +18,7 @@ from certd.app import open_certd, open_monitor
 from certd.config import Config
 from certd.errors import CertdError
 from certd.model import SEVERITY_RANK, Finding, Severity
+from certd.text import one_line
 from certd.views import name_list, text_table
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
@@ -82,4 +83,4 @@ def _table(findings: list[Finding]) -> None:
 
 def _clean(text: str) -> str:
     """One line, printable: messages may quote what a node sent."""
-    return "".join(c if c.isprintable() else "?" for c in text.replace("\n", " "))[:200]
+    return one_line(text, 200, replace="?")

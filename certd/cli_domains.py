@@ -16,6 +16,7 @@ import aiohttp
 
 from certd.config import Config, split_listen
 from certd.errors import CertdError
+from certd.text import one_line
 
 WAIT_LIMIT = 600.0  # seconds --wait follows a domain at most
 SPINNER = "|/-\\"
@@ -85,7 +86,7 @@ def _domain_path(domain: str) -> str:
 def _fail(status: int, body: dict) -> int:
     detail = body.get("detail") or body.get("title") or f"HTTP {status}"
     line = f"certd: {detail} ({body.get('type', 'error')})"
-    print("".join(c if c.isprintable() else "?" for c in line)[:500], file=sys.stderr)
+    print(one_line(line, 500, replace="?"), file=sys.stderr)
     return 1
 
 

@@ -27,6 +27,7 @@ from pydantic import (
 
 from certd import names
 from certd.errors import ConfigError
+from certd.text import one_line
 
 DEFAULT_PATH = Path("/etc/certd/config.yaml")
 TEMPLATE_FIELDS = frozenset({"node", "address", "certificate"})
@@ -701,7 +702,7 @@ def load(path: Path | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        problem = "".join(c if c.isprintable() else " " for c in problem)[:200]
+        problem = one_line(problem, 200)
         raise ConfigError(str(path), [f"{where}invalid YAML: {problem}"]) from None
     except RecursionError:
         raise ConfigError(str(path), ["invalid YAML: nested too deeply"]) from None

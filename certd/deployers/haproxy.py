@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from certd.deployers.layout import NodeFS
+from certd.text import one_line
 
 ANSWER_LIMIT = 256 * 1024  # bytes read of one answer (`show ssl cert` with thousands of certs)
 SHOWN_LIMIT = 200  # characters of an answer quoted in a message
@@ -91,10 +92,7 @@ class UnixSocketChannel:
 
 def clean(answer: str, limit: int = SHOWN_LIMIT) -> str:
     """HAProxy's answer for a message: printable ASCII only, lines joined, bounded."""
-    lines = ("".join(c if " " <= c <= "~" else "?" for c in line).strip()
-             for line in answer.splitlines())
-    text = " / ".join(line for line in lines if line) or "(empty answer)"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return one_line(answer, limit, sep=" / ", replace="?", ascii_only=True) or "(empty answer)"
 
 
 def _payload(pem: str) -> str:

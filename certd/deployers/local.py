@@ -11,6 +11,7 @@ import signal
 from dataclasses import dataclass
 
 from certd.deployers.layout import Refused
+from certd.text import one_line
 
 OUTPUT_LIMIT = 8192
 
@@ -134,10 +135,12 @@ class CommandResult:
         return self.returncode == 0
 
     def describe(self) -> str:
-        last = self.output.strip().splitlines()[-1:] or [""]
+        """The command and its outcome in one line; the output's last line (the node's words:
+        nginx -t's complaint) cleaned and bounded."""
+        last = one_line((self.output.strip().splitlines() or [""])[-1], 300)
         if self.returncode is None:
-            return f"{self.command}: {last[0]}"
-        return f"{self.command}: exit {self.returncode}" + (f": {last[0]}" if last[0] else "")
+            return f"{self.command}: {last}"
+        return f"{self.command}: exit {self.returncode}" + (f": {last}" if last else "")
 
 
 async def run_command(command: str, timeout: float) -> CommandResult:

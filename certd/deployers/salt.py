@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from certd.config import SaltDeployerConfig
+from certd.deployers import salt_pull
 from certd.deployers.base import (
     LEFT_ALONE,
     DeployResult,
@@ -37,11 +38,11 @@ from certd.deployers.base import (
     file_set,
     removal_message,
 )
-from certd.deployers import salt_pull
 from certd.deployers.layout import MARKER, PREVIOUS, marker_text
 from certd.errors import DeployError
 from certd.httputil import BodyTooLarge, read_limited
 from certd.model import IssuedCertificate, utcnow
+from certd.text import one_line
 
 MAX_BODY = 16 << 20
 OUTPUT_LIMIT = 8192  # characters of command output kept per node, as the file deployer
@@ -439,7 +440,7 @@ def _token(doc: Any) -> str | None:
 def _clean(text: str, limit: int) -> str:
     """What a minion said, fit for one line of a message: control, bidi and other invisible
     characters blanked, cut to `limit`."""
-    return "".join(c if c.isprintable() else " " for c in text[:limit]).strip()
+    return one_line(text, limit)
 
 
 def _stdout(state: dict) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from yarl import URL
 
 from certd.errors import AcmeError
+from certd.text import one_line
 
 MALFORMED = "certd:malformed"
 MAX_JSON_DEPTH = 32  # the deepest ACME document (an order's error subproblems) is about 5
@@ -66,10 +67,7 @@ def parse_json(body: bytes, what: str, *, status: int | None = None) -> Any:
 def clean_text(value: Any, limit: int = MAX_TEXT) -> str:
     """CA text made safe for messages, logs and events: a string (anything else -> ''),
     control and bidi characters replaced by a space, at most `limit` characters."""
-    if not isinstance(value, str):
-        return ""
-    text = _CONTROL.sub(" ", value[: limit * 4]).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(value, limit)
 
 
 def problem_type(value: Any, default: str) -> str:

@@ -30,13 +30,13 @@ A digest of what cleared has severity "info", events {"resolved": N} and the mes
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from certd.model import SEVERITY_RANK, Notification, Severity
+from certd.text import one_line
 
 
 class Notifier(Protocol):
@@ -62,16 +62,6 @@ class Notifier(Protocol):
 def wants(notifier: Notifier, severity: Severity) -> bool:
     """Whether a notice routed at `severity` reaches this notifier."""
     return SEVERITY_RANK[severity] >= SEVERITY_RANK[notifier.min_severity]
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """`text` with control characters (CR, LF, TAB, ...) folded to one space, cut to `limit`:
-    safe in a subject line, a log line, a chat message."""
-    flat = _CONTROL.sub(" ", text).strip()
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _iso(dt: datetime | None) -> str | None:
