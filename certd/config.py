@@ -211,22 +211,26 @@ class _DeployerBase(_Model):
     max_parallel: int = Field(default=10, ge=1, le=1000)  # nodes in flight
 
 
-class FileDeployerConfig(_DeployerBase):
-    type: Literal["file"]
-    # HAProxy's runtime API (a local unix socket, `stats socket ... level admin`): certificates
-    # updated in the running process, no reload needed (certd/deployers/haproxy.py)
+class _RuntimeApi(_Model):
+    # HAProxy's runtime API (`stats socket ... level admin`, a unix socket on the node): the
+    # running process takes the certificates, no reload needed (certd/deployers/haproxy.py).
+    # file: a socket on this machine; ssh: on the node, reached through the SSH connection
     runtime_api: Template | None = None
     runtime_crt_list: Template | None = None  # the crt-list new certificates are added to
     runtime_timeout: Duration = timedelta(seconds=10)  # per runtime API command
 
     @model_validator(mode="after")
-    def _runtime(self) -> FileDeployerConfig:
+    def _runtime(self):
         if self.runtime_crt_list and not self.runtime_api:
             raise ValueError("runtime_crt_list needs runtime_api")
         return self
 
 
-class SshDeployerConfig(_DeployerBase):
+class FileDeployerConfig(_DeployerBase, _RuntimeApi):
+    type: Literal["file"]
+
+
+class SshDeployerConfig(_DeployerBase, _RuntimeApi):
     type: Literal["ssh"]
     user: str = Field(default="certd", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     port: int = Field(default=22, gt=0, lt=65536)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from certd.config import FileDeployerConfig
+from certd.config import FileDeployerConfig, SshDeployerConfig
 from certd.deployers.haproxy import (
     HAProxyRuntime,
     _payload,
@@ -14,6 +14,18 @@ from certd.deployers.haproxy import (
     parse_show_crt_list,
     parse_show_ssl_cert,
 )
+
+SSH = {"type": "ssh", "key_file": "/k", "known_hosts": "/h"}
+
+
+@pytest.mark.parametrize("model,extra", [(FileDeployerConfig, {"type": "file"}),
+                                         (SshDeployerConfig, SSH)])
+def test_runtime_options_of_both_deployers(model, extra):
+    assert model(path="/p", runtime_api="/run/h.sock", **extra).runtime_api == "/run/h.sock"
+    with pytest.raises(ValidationError, match="runtime_crt_list needs runtime_api"):
+        model(path="/p", runtime_crt_list="/l", **extra)
+    with pytest.raises(ValidationError, match="runtime_timeout"):
+        model(path="/p", runtime_api="/s", runtime_timeout="soon", **extra)
 
 
 def test_runtime_options():

@@ -2,7 +2,8 @@
 real haproxy (Debian's 2.6) of the test's own, configured by deploy/haproxy/certd.cfg (its
 paths and ports moved to loopback and a temp dir): a TLS frontend whose crt-list names
 certd's `<path>/combined.pem` files, and an admin socket.
-A file deployer group with `runtime_api` and no `reload`."""
+A file deployer group with `runtime_api` and no `reload`, and an SSH deployer reaching the
+socket through a real sshd."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ import trustme
 from cryptography import x509
 
 from certd import verify
-from certd.config import FileDeployerConfig
+from certd.config import FileDeployerConfig, SshDeployerConfig
 from certd.deployers.base import Placement, Target
 from certd.deployers.file import FileDeployer
 from certd.deployers.haproxy import UnixSocketChannel, clean, parse_show_ssl_cert
+from certd.deployers.ssh import SshDeployer
 from certd.keys import cert_info
 from certd.model import IssuedCertificate
 from tests.lab.procs import ManagedProcess, free_port, start_time
+from tests.lab.sshd import SshServer, make_client_key, write_known_hosts
 
 pytestmark = [
     pytest.mark.lab,
@@ -275,4 +278,88 @@ async def test_channel_answers_are_bounded_and_cleaned(node, ca):
         shown = clean(answer + "\x1b[2J\x00")
         assert len(shown) <= 200 and all(" " <= ch <= "~" for ch in shown)
     finally:
+        node.process.stop()
+
+
+SSHD_SOCKETS = "AllowTcpForwarding local\nAllowStreamLocalForwarding local"
+
+
+@pytest.fixture
+def sshd(node):
+    """A real sshd on 127.0.0.1 whose login may open unix sockets on the node (sshd checks
+    socket paths against the same permission as TCP local forwarding: the lines the README
+    gives for the certd user), next to the node's haproxy."""
+    client = make_client_key(node.root / "client")
+    server = SshServer(node.root / "sshd", "127.0.0.1", client_pubkey=client.public_line)
+    sshd_allows(server, SSHD_SOCKETS)
+    with server.start():
+        yield server, client, write_known_hosts(node.root / "known_hosts", [server])
+
+
+def sshd_allows(server: SshServer, lines: str) -> None:
+    text = server.config_path.read_text()
+    assert "AllowTcpForwarding no\n" in text
+    server.config_path.write_text(text.replace("AllowTcpForwarding no\n", lines + "\n"))
+
+
+def ssh_deployer(node: Node, sshd) -> SshDeployer:
+    server, client, known_hosts = sshd
+    return SshDeployer(SshDeployerConfig(
+        type="ssh", user="root", port=server.port, key_file=client.private_path,
+        known_hosts=known_hosts, path=str(node.certs / "x"), connect_timeout="3s",
+        runtime_api=str(node.socket), runtime_crt_list=str(node.crt_list)))
+
+
+async def test_runtime_api_over_the_ssh_connection(node, ca, sshd):
+    """The SSH deployer reaches the node's admin socket through its own connection: a new and
+    a renewed certificate served with no reload, a refused one rolled back alone."""
+    a1 = issued(ca, "a")
+    await started(node, a1)
+    deployer = ssh_deployer(node, sshd)
+    try:
+        pid, began = node.process.pid, start_time(node.process.pid)
+        a2, b1 = issued(ca, "a"), issued(ca, "b")
+        bad = issued(ca, "c", key_of=ca.issue_cert("x.test"))  # key and cert differ
+        a, b, c = await deployer.deploy([Placement(node.target("a"), a2),
+                                         Placement(node.target("b"), b1),
+                                         Placement(node.target("c"), bad)])
+        assert a.ok and b.ok, (a.message, b.message)
+        assert "(runtime api)" in a.message
+        assert not c.ok and c.kind == "runtime"  # new: nothing to go back to
+        assert "PRIVATE KEY" not in c.message + c.output
+        assert await node.serves("a", a2.serial) == (True, "")
+        assert await node.serves("b", b1.serial) == (True, "")
+        assert node.process.pid == pid and start_time(pid) == began
+        assert node.crt_list.read_text().splitlines() == [
+            f"{node.path('a')}/combined.pem", f"{node.path('b')}/combined.pem"]
+        [back] = await deployer.roll_back([node.target("a")])
+        assert back.ok, back.message
+        assert await node.serves("a", a1.serial) == (True, "")
+        [gone] = await deployer.remove([node.target("b")])
+        assert gone.ok, gone.message
+        assert (f"{node.path('b')}/combined.pem"
+                not in parse_show_ssl_cert(node.ask("show ssl cert\n")).files)
+        assert node.process.pid == pid
+    finally:
+        await deployer.close()
+        node.process.stop()
+
+
+async def test_sshd_refusing_the_socket_fails_clearly_and_puts_the_files_back(node, ca, sshd):
+    server, _, _ = sshd
+    a1 = issued(ca, "a")
+    await started(node, a1)
+    server.stop()
+    text = server.config_path.read_text()
+    server.config_path.write_text(text.replace(SSHD_SOCKETS, "AllowTcpForwarding no"))
+    server.start()
+    deployer = ssh_deployer(node, sshd)
+    try:
+        [r] = await deployer.deploy([Placement(node.target("a"), issued(ca, "a"))])
+        assert not r.ok and r.kind == "runtime" and r.rolled_back, r.message
+        assert "sshd refused the socket" in r.message and str(node.socket) in r.message
+        assert Path(node.path("a")).resolve().name == a1.serial
+        assert await node.serves("a", a1.serial) == (True, "")
+    finally:
+        await deployer.close()
         node.process.stop()

@@ -9,6 +9,9 @@ configuration (`crt-list` entries or `crt` lines) and the runtime name the same 
     new:    new ssl cert F;  set ...;  commit ...;  add ssl crt-list LIST F
             (and F appended to LIST on disk, so a restart serves it too)
 
+The socket is on this machine (file deployer) or on the node, reached through the SSH
+deployer's connection (a `direct-streamlocal` channel, `ssh -L`'s unix-socket form).
+
 HAProxy 2.6 keeps one transaction open at a time and `set` accepts what `commit` later
 refuses (a key that does not match): a refused commit is aborted, a store certd created for
 it is deleted again. Answers are never trusted: success is recognised by the exact texts
@@ -22,12 +25,14 @@ import posixpath
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from certd.config import render
 from certd.deployers.layout import NodeFS
 from certd.text import one_line
 
 ANSWER_LIMIT = 256 * 1024  # bytes read of one answer (`show ssl cert` with thousands of certs)
+READ_LIMIT = 4 * 1024 * 1024  # a combined.pem or a crt-list read back from the node
 SHOWN_LIMIT = 200  # characters of an answer quoted in a message
 COMBINED = "combined.pem"
 
@@ -54,25 +59,34 @@ class RuntimeChannel(Protocol):
     async def send(self, command: str, timeout: float) -> str: ...
 
 
-class UnixSocketChannel:
-    """The runtime API on a local unix socket (`runtime_api: /run/haproxy/admin.sock`)."""
+Opener = Callable[[str], Awaitable[tuple[Any, Any]]]  # socket path -> (reader, writer)
 
-    def __init__(self, path: str, limit: int = ANSWER_LIMIT):
+
+class UnixSocketChannel:
+    """The runtime API on a unix socket: this machine's (`asyncio.open_unix_connection`, the
+    default) or a node's, reached through the deployer's SSH connection (an SSH
+    `direct-streamlocal` channel: sshd connects to the socket as the login user, nothing to
+    install on the node). `where` names it in messages."""
+
+    def __init__(self, path: str, limit: int = ANSWER_LIMIT, *, open: Opener | None = None,
+                 where: str | None = None):
         self.path = path
         self.limit = limit
+        self.open = open or asyncio.open_unix_connection
+        self.where = where or path
 
     async def send(self, command: str, timeout: float) -> str:
         try:
             return await asyncio.wait_for(self._exchange(command), timeout)
         except TimeoutError:
-            raise ChannelError(f"{self.path}: no answer within {timeout:g}s") from None
+            raise ChannelError(f"{self.where}: no answer within {timeout:g}s") from None
         except ChannelError:
             raise
         except OSError as exc:
-            raise ChannelError(f"{self.path}: {exc.strerror or exc}") from None
+            raise ChannelError(f"{self.where}: {exc.strerror or exc}") from None
 
     async def _exchange(self, command: str) -> str:
-        reader, writer = await asyncio.open_unix_connection(self.path)
+        reader, writer = await self.open(self.path)
         try:
             writer.write(command.encode("utf-8"))
             await writer.drain()
@@ -80,7 +94,7 @@ class UnixSocketChannel:
             while chunk := await reader.read(65536):
                 answer += chunk
                 if len(answer) > self.limit:
-                    raise ChannelError(f"{self.path}: answer longer than {self.limit} bytes")
+                    raise ChannelError(f"{self.where}: answer longer than {self.limit} bytes")
             return answer.decode("utf-8", "replace")
         finally:
             writer.close()
@@ -319,3 +333,21 @@ class HAProxyRuntime:
         await self.fs.write(tmp, "".join(kept).encode("utf-8"), 0o644)
         await self.fs.rename(tmp, self.crt_list)
         await self.fs.sync_dir(posixpath.dirname(self.crt_list) or ".")
+
+
+def node_runtime(options, target, *, channel: Callable[[str], RuntimeChannel], fs: NodeFS,
+                 read: Reader, locks: dict[tuple[str, str], asyncio.Lock]
+                 ) -> HAProxyRuntime | None:
+    """The runtime API of `target`'s node, from a deployer's `runtime_*` options (templates
+    rendered for the target), or None if the group does not use one. `channel` reaches the
+    socket; `locks` is the deployer's, one per (node address, socket): one transaction at a
+    time per HAProxy."""
+    if not options.runtime_api:
+        return None
+    values = {"node": target.node, "address": target.address,
+              "certificate": target.certificate}
+    socket = render(options.runtime_api, **values)
+    crt_list = render(options.runtime_crt_list, **values) if options.runtime_crt_list else None
+    return HAProxyRuntime(channel(socket), crt_list=crt_list,
+                          timeout=options.runtime_timeout.total_seconds(), fs=fs, read=read,
+                          lock=locks.setdefault((target.address, socket), asyncio.Lock()))

@@ -1,5 +1,6 @@
 """The SSH deployer: SFTP for the files (the shared versioned layout, 0600 keys, posix
-rename), exec for `check` and `reload`. Host keys are always checked against the configured
+rename), exec for `check` and `reload`, and with `runtime_api` the node's HAProxy runtime
+socket through the same connection (no reload). Host keys are always checked against the configured
 known_hosts file; an unknown or changed key refuses the push. Connections are reused per node
 and closed after a minute idle."""
 
@@ -15,6 +16,13 @@ import asyncssh
 from certd.config import SshDeployerConfig
 from certd.deployers.base import Target
 from certd.deployers.flow import NodeDeployer, Runner
+from certd.deployers.haproxy import (
+    READ_LIMIT,
+    ChannelError,
+    HAProxyRuntime,
+    UnixSocketChannel,
+    node_runtime,
+)
 from certd.deployers.layout import NodeFS, Refused
 from certd.deployers.local import OUTPUT_LIMIT, CommandResult
 from certd.errors import DeployError
@@ -128,11 +136,21 @@ class SshDeployer(NodeDeployer):
         self.config = config
         self._nodes: dict[tuple[str, int], _Node] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._runtime_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def _port(self, target: Target) -> int:
         return target.port or self.config.port
 
     async def node(self, target: Target) -> tuple[NodeFS, Runner]:
+        node = await self._node(target)
+
+        async def run(command: str, timeout: float) -> CommandResult:
+            return await _run(node.conn, command, timeout)
+
+        return node.fs, run
+
+    async def _node(self, target: Target) -> _Node:
+        """The node's kept connection, made (or made again) if needed."""
         key = (target.address, self._port(target))
         self._close_idle()
         async with self._locks.setdefault(key, asyncio.Lock()):
@@ -140,11 +158,35 @@ class SshDeployer(NodeDeployer):
             if node is None or node.conn.is_closed():
                 node = self._nodes[key] = await self._connect(target)
             node.used = time.monotonic()
+            return node
 
-        async def run(command: str, timeout: float) -> CommandResult:
-            return await _run(node.conn, command, timeout)
+    def runtime(self, fs: NodeFS, target: Target) -> HAProxyRuntime | None:
+        """The node's HAProxy runtime API socket through this connection: sshd opens it as
+        the login user (it needs `AllowStreamLocalForwarding local` and the socket's group)."""
+        where = f"{self._where(target)} {self.config.runtime_api}"
 
-        return node.fs, run
+        async def open_socket(path: str):
+            try:
+                conn = (await self._node(target)).conn
+                return await conn.open_unix_connection(path, encoding=None)
+            except DeployError as exc:
+                raise ChannelError(str(exc)) from None
+            except asyncssh.ChannelOpenError as exc:
+                raise ChannelError(f"{path}: sshd refused the socket: {exc.reason}") from None
+
+        async def read(path: str) -> bytes | None:
+            sftp = (await self._node(target)).sftp
+            try:
+                async with await sftp.open(path, "rb") as f:
+                    return await f.read(READ_LIMIT)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+            except asyncssh.SFTPError as exc:
+                raise OSError(f"{path}: {exc.reason}") from None
+
+        return node_runtime(
+            self.config, target, fs=fs, read=read, locks=self._runtime_locks,
+            channel=lambda path: UnixSocketChannel(path, open=open_socket, where=where))
 
     async def _connect(self, target: Target) -> _Node:
         host, port = target.address, self._port(target)
