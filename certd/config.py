@@ -246,10 +246,11 @@ class SaltDeployerConfig(_DeployerBase):
     password_file: Path
     eauth: str = Field(default="file", min_length=1)
     timeout: Duration = timedelta(seconds=60)  # how long salt waits for minions
-    # push: the key travels inside the state.high job (Salt's job cache and event bus keep
-    # it); pull: each minion fetches its batch from certd's API listener at `pull_url` with
-    # a one-shot token, so Salt only ever carries spent tokens (deploy/salt/README.md)
-    mode: Literal["push", "pull"] = "push"
+    # pull (the default): each minion fetches its batch from certd's API listener at
+    # `pull_url` with a one-shot token, so Salt only ever carries spent tokens; push: the key
+    # travels inside the state.high job, and Salt's job cache and event bus keep it
+    # (deploy/salt/README.md): an explicit choice
+    mode: Literal["push", "pull"] = "pull"
     pull_url: str | None = None  # how minions reach certd's API listener
     pull_cafile: str | None = None  # on the minions: CA file for an https pull_url (curl)
     pull_token_ttl: Duration = timedelta(minutes=2)  # from the job's start
@@ -273,8 +274,12 @@ class SaltDeployerConfig(_DeployerBase):
     @model_validator(mode="after")
     def _pull(self) -> SaltDeployerConfig:
         if self.mode == "pull" and not self.pull_url:
-            raise ValueError("mode: pull needs pull_url (the address minions reach certd's "
-                             "API listener at, e.g. https://certd.internal:8403)")
+            raise ValueError("the salt deployer pulls by default (minions fetch their batch "
+                             "from certd, so no key passes through Salt): set pull_url, the "
+                             "address minions reach certd's API listener at (e.g. "
+                             "https://certd.internal:8403); or set mode: push to send keys "
+                             "inside Salt jobs, where the master's job cache and event bus "
+                             "keep them")
         if not timedelta(seconds=10) <= self.pull_token_ttl <= timedelta(hours=1):
             raise ValueError("pull_token_ttl must be between 10s and 1h")
         return self

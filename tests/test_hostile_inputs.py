@@ -89,7 +89,7 @@ EMAIL = {"type": "email", "host": "smtp.example.org", "from": "certd@example.org
          "to": ["ops@example.org"]}
 SSH = {"type": "ssh", "path": "/x/{certificate}", "key_file": "/k", "known_hosts": "/kh"}
 SALT = {"type": "salt", "path": "/x/{certificate}", "url": "http://salt.example:8000",
-        "username": "certd", "password_file": "/p"}
+        "username": "certd", "password_file": "/p", "mode": "push"}
 HMAC = "c2VjcmV0LWtleS0xMjM0NTY3ODkw"
 TOP = object()  # the case replaces the whole document
 
@@ -257,6 +257,16 @@ CONFIG_CASES: list[tuple[str, Any, Any, str | None]] = [
      "frontends.web.deployer.url:"),
     ("salt-username-empty", "frontends.web.deployer", {**SALT, "username": ""},
      "frontends.web.deployer.username:"),
+    # pull is the default mode: without pull_url, the message says both ways out
+    ("salt-pull-without-url", "frontends.web.deployer",
+     {k: v for k, v in SALT.items() if k != "mode"},
+     "frontends.web.deployer: the salt deployer pulls by default"),
+    ("salt-pull-url-quote", "frontends.web.deployer",
+     {**SALT, "mode": "pull", "pull_url": "http://certd'.example"},
+     "frontends.web.deployer.pull_url:"),
+    ("salt-pull-ttl-week", "frontends.web.deployer",
+     {**SALT, "mode": "pull", "pull_url": "https://certd.example", "pull_token_ttl": "7d"},
+     "frontends.web.deployer: pull_token_ttl must be between"),
     # acme, EAB
     ("directory-ftp", "acme.directory", "ftp://ca.example/dir", None),
     ("directory-javascript", "acme.directory", "javascript:alert(1)", None),
@@ -1078,7 +1088,7 @@ async def test_salt_api_answers(tmp_path, call, login, run, status):
     (tmp_path / "password").write_text("pw\n")
     deployer = salt.SaltDeployer(SaltDeployerConfig(
         type="salt", path="/srv/certs/{certificate}", url=f"http://127.0.0.1:{server.port}",
-        username="certd", password_file=tmp_path / "password", timeout="5s"))
+        username="certd", password_file=tmp_path / "password", timeout="5s", mode="push"))
     target = Target(**{**TARGET.__dict__, "minion": "fe1"})
     try:
         if call == "deploy":

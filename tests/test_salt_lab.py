@@ -35,7 +35,9 @@ def salt_config(lab, salt_lab, tmp_path, name, *, password_file=None, check=None
         "eauth": salt_lab.eauth, "path": salt_lab.deploy_path_template, "timeout": timeout,
     }
     if pull:  # minions fetch from certd's API listener, plain HTTP on loopback here
-        web["deployer"].update(mode="pull", pull_url=f"http://{data['api']['listen']}")
+        web["deployer"].update(pull_url=f"http://{data['api']['listen']}")  # the default mode
+    else:
+        web["deployer"].update(mode="push")
     web["reload"] = salt_lab.reload_command
     web["verify_timeout"] = "5s"
     if check:

@@ -1,8 +1,8 @@
 """The Salt deployer: certd speaks HTTP to salt-api (never imports salt).
 
-`mode: pull` (certd/deployers/salt_pull.py): one `state.high` job per batch; each minion
-fetches its batch from certd's API with a one-shot token, so no key ever travels through Salt;
-one check and one reload per minion. `mode: push` (the default, for existing setups): one
+`mode: pull` (the default; certd/deployers/salt_pull.py): one `state.high` job per batch;
+each minion fetches its batch from certd's API with a one-shot token, so no key ever travels
+through Salt; one check and one reload per minion. `mode: push` (chosen explicitly): one
 `state.high` job per certificate (a batch goes one certificate after another) targets the
 minions:
 `file.managed` writes the five files into a new version directory (key files 0600,
@@ -11,8 +11,8 @@ run `check` and `reload`, and an `onfail` state switches back if either fails. A
 as done only if it answered, its retcode is 0 and every state succeeded.
 
 The same versioned layout as certd/deployers/layout.py, expressed as shell for the minion.
-Note: job arguments (the private key) reach the master's job cache and event bus; see
-deploy/salt/README.md for how to keep them out.
+Note: in push mode the job arguments (the private key) reach the master's job cache and
+event bus; deploy/salt/README.md says how to limit that.
 """
 
 from __future__ import annotations
