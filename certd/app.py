@@ -7,13 +7,15 @@ import contextlib
 import errno
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
-from certd import notifiers, responder
+from certd import daemon_status, notifiers, pidfile, responder, sdnotify
+from certd import reload as reloading
 from certd.api import app as api
+from certd.api.http import TOKENS
 from certd.api.tokens import load_or_create
 from certd.config import Config, ListenerLimits, split_listen
 from certd.errors import CertdError, StoreError
@@ -52,7 +54,7 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
         )
         issuer = Issuer(
             client, store, email=acme.email,
-            eab=(acme.eab.kid, acme.eab.hmac_key) if acme.eab else None,
+            eab=(acme.eab.kid, await asyncio.to_thread(acme.eab.secret)) if acme.eab else None,
             challenge_ttl=config.challenge.ttl, order_timeout=acme.order_timeout,
         )
         certd = Certd(config, store, issuer, build_deployers(config, store))
@@ -74,15 +76,21 @@ async def open_monitor(config: Config, certd: Certd) -> AsyncIterator[Monitor]:
     a few seconds to go out on exit."""
     trust = await asyncio.to_thread(checks.load_trust_store, config.monitor.ca_bundle)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
-    alerts = AlertBook(certd.store, [notifiers.build(n, session) for n in config.alerts.notifiers],
-                       repeat=config.alerts.repeat, retries=config.alerts.retries,
-                       group_window=config.alerts.group_window, clock=certd.clock)
+    monitor = Monitor(certd, build_alerts(config, certd, session), config.monitor, trust)
+    monitor.session = session  # a reload builds its new notifiers on it
     try:
-        yield Monitor(certd, alerts, config.monitor, trust)
+        yield monitor
     finally:
-        await alerts.drain(DRAIN_SECONDS)
-        await alerts.close()
+        await monitor.alerts.drain(DRAIN_SECONDS)  # the current set (a reload may swap it)
+        await monitor.alerts.close()
         await session.close()
+
+
+def build_alerts(config: Config, certd: Certd, session: aiohttp.ClientSession) -> AlertBook:
+    """The notifiers of `config.alerts` behind one AlertBook (dedupe, retries, digests)."""
+    return AlertBook(certd.store, [notifiers.build(n, session) for n in config.alerts.notifiers],
+                     repeat=config.alerts.repeat, retries=config.alerts.retries,
+                     group_window=config.alerts.group_window, clock=certd.clock)
 
 
 async def start_site(app: web.Application, listen: str, what: str,
@@ -143,29 +151,72 @@ async def challenge_listener(config: Config, certd: Certd, *, shared: bool = Fal
         await runner.cleanup()
 
 
-async def run_daemon(config: Config, stop: asyncio.Event) -> None:
+async def run_daemon(config: Config, stop: asyncio.Event,
+                     notify: sdnotify.Notifier | None = None, *,
+                     reload_wanted: asyncio.Event | None = None,
+                     load_config: Callable[[], Config] | None = None) -> None:
     """Listeners first (challenges must be answerable before any order), then the scheduler
-    until `stop` is set. A failing CA or node is logged and retried; it never ends the daemon."""
-    async with (open_certd(config) as certd, challenge_listener(config, certd) as challenges,
+    until `stop` is set. A failing CA or node is logged and retried; it never ends the daemon.
+    `notify` (default: systemd's, from the environment; a no-op outside systemd) hears
+    WATCHDOG=1 from this loop, READY=1, STATUS= lines and STOPPING=1; a reload says
+    notify.reloading(), then notify.ready() (or notify.status() with why it was refused).
+    Setting `reload_wanted` (SIGHUP) re-reads the config through `load_config` and applies
+    it without a restart (certd/reload.py)."""
+    notify = notify or sdnotify.Notifier.from_environ()
+    async with (notify.watching(), open_certd(config) as certd,
+                challenge_listener(config, certd) as challenges,
                 open_monitor(config, certd) as monitor):
         stats = challenges.app[responder.STATS] if challenges else None
+        pidfile.write(config.state_dir)  # `certd reload` finds this process by it
         # what startup built (config, specs of thousands of aliases, trust store) lives as
         # long as the daemon: keep it out of the collector's full passes, whose pauses
         # otherwise show in the API's tail latency
         gc.freeze()
         sweeper = Sweeper(certd)
-        api_runner = await start_site(await api_app(config, certd, monitor, stats, sweeper),
-                                      config.api.listen, "api", config.api.limits)
+        api = await api_app(config, certd, monitor, stats, sweeper)
+        api_runner = await start_site(api, config.api.listen, "api", config.api.limits)
         forwarder = EventForwarder(certd.store, monitor.alerts)
         await forwarder.start()  # before the first sweep, so its failures are forwarded too
         scheduler = Scheduler(sweeper, config.renewal,
                               monitor=monitor if config.monitor.enabled else None,
                               events=forwarder)
         scheduler.start()
+        notify.ready()  # the store is open, both listeners are bound
+        status = asyncio.create_task(daemon_status.report(notify, sweeper))
+        reloads = None
+        if reload_wanted is not None and load_config is not None:
+            running = reloading.Running(
+                certd, monitor, scheduler, forwarder, api[TOKENS], load_config,
+                load_tokens=lambda c: load_or_create(c.tokens_path),
+                load_trust=lambda c: checks.load_trust_store(c.monitor.ca_bundle),
+                build_alerts=lambda c: build_alerts(c, certd, monitor.session))
+            reloads = asyncio.create_task(_reloads(running, reload_wanted, notify))
         try:
             await stop.wait()
             log.info("certd stopping")
         finally:
+            notify.stopping()
+            status.cancel()
+            if reloads is not None:
+                reloads.cancel()
+            pidfile.remove(config.state_dir)
             await scheduler.stop()
             await api_runner.cleanup()
     log.info("certd stopped")
+
+
+async def _reloads(running: reloading.Running, wanted: asyncio.Event,
+                   notify: sdnotify.Notifier) -> None:
+    """One reload per burst of SIGHUPs, one at a time."""
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        notify.reloading()
+        try:
+            ok = await reloading.reload(running)
+        except Exception:  # noqa: BLE001 - a failed reload never ends the daemon
+            log.exception("config reload failed")
+            ok = False
+        notify.ready()
+        if not ok:
+            notify.status("config reload refused; the running config is kept (see the log)")

@@ -13,7 +13,15 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from certd import __version__, cli_check, cli_domains
+from certd import (
+    __version__,
+    cli_backup,
+    cli_check,
+    cli_domains,
+    cli_import,
+    cli_reload,
+    logs,
+)
 from certd import config as configuration
 from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
@@ -42,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(args.log_level or cfg.log_level)
+    logs.setup(args.log_level or cfg.log_level, args.log_format or cfg.log_format,
+               cfg.log_levels)
     args.started = started
     try:
         return args.func(cfg, args)
@@ -74,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", type=Path, default=None,
                    help="config file (default: $CERTD_CONFIG, then /etc/certd/config.yaml)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="json: one object per line with stable keys (default: the config's, "
+                   "text)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("run", help="run the daemon")
@@ -97,15 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_deploy)
     cli_domains.add_parser(sub)
     cli_check.add_parser(sub)
+    cli_import.add_parser(sub)
+    cli_reload.add_parser(sub)
+    cli_backup.add_parser(sub)
     return p
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
-    # "Running job ... executed successfully" twice a minute for the event forwarder is noise
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _check_names(cfg: Config, names: list[str]) -> None:
@@ -129,13 +138,16 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, reload_wanted = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP (systemctl reload, certd reload): re-read the config, never die of it
+        loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
         log.info("certd %s starting (%d certificates, store %s)", __version__,
                  len(cfg.certificates), cfg.database_path)
-        await run_daemon(cfg, stop)
+        await run_daemon(cfg, stop, reload_wanted=reload_wanted,
+                         load_config=lambda: configuration.load(args.config))
 
     asyncio.run(main())
     return 0

@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -119,6 +120,37 @@ def _check_listen(value: str) -> str:
 Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
+_CREDENTIAL = re.compile(r"\$(?:CREDENTIALS_DIRECTORY|\{CREDENTIALS_DIRECTORY\})/(.*)",
+                         re.DOTALL)
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
+
+
+def _secret_path(value: Any) -> Any:
+    """`$CREDENTIALS_DIRECTORY/NAME` (or `${CREDENTIALS_DIRECTORY}/NAME`): the file NAME in the
+    directory systemd fills from the unit's LoadCredential= lines, expanded from this
+    process's environment when the config is loaded. Any other path is taken as written."""
+    if not isinstance(value, str) or not value.startswith("$"):
+        return value
+    m = _CREDENTIAL.fullmatch(value)
+    if m is None:
+        raise ValueError("only $CREDENTIALS_DIRECTORY/NAME is expanded (systemd's "
+                         "LoadCredential=); write any other path out")
+    name = m.group(1)
+    if not _CREDENTIAL_NAME.fullmatch(name) or ".." in name or name == ".":
+        raise ValueError(f"{_show(name)}: not a credential name (letters, digits and ._@+-; "
+                         "no '/' or '..')")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory.startswith("/"):
+        raise ValueError("$CREDENTIALS_DIRECTORY is not set (or not an absolute path): run "
+                         "certd under its systemd unit, which loads the credentials, or set it "
+                         "to where they are kept (e.g. CREDENTIALS_DIRECTORY=/etc/credstore)")
+    return str(Path(directory) / name)
+
+
+# a file holding a secret (API tokens, a password, a key), which may be a systemd credential
+SecretPath = Annotated[Path, BeforeValidator(_secret_path)]
+
+
 def split_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
@@ -128,17 +160,41 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _hmac_key(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{2,1024}={0,2}", v) or len(v.rstrip("=")) % 4 == 1:
+        raise ValueError("must be the base64url key the CA gave (not quoted here: it is "
+                         "a secret)")
+    return v
+
+
 class Eab(_Model):
     kid: str = Field(min_length=1, max_length=1024, pattern=r"^[\x21-\x7e]+$")
-    hmac_key: str = Field(min_length=1, repr=False)
+    hmac_key: str | None = Field(default=None, min_length=1, repr=False)
+    hmac_key_file: SecretPath | None = None  # the key in a file instead (a credential)
 
     @field_validator("hmac_key")
     @classmethod
-    def _base64url(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{2,1024}={0,2}", v) or len(v.rstrip("=")) % 4 == 1:
-            raise ValueError("must be the base64url key the CA gave (not quoted here: it is "
-                             "a secret)")
-        return v
+    def _base64url(cls, v: str | None) -> str | None:
+        return v if v is None else _hmac_key(v)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Eab:
+        if (self.hmac_key is None) == (self.hmac_key_file is None):
+            raise ValueError("give the key as hmac_key or hmac_key_file (one of them)")
+        return self
+
+    def secret(self) -> str:
+        """The HMAC key: `hmac_key`, or what `hmac_key_file` holds (read when certd opens)."""
+        if self.hmac_key is not None:
+            return self.hmac_key
+        path = self.hmac_key_file
+        try:
+            return _hmac_key(path.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            problem = f"cannot read it: {exc.strerror or exc}"
+        except (UnicodeDecodeError, ValueError):
+            problem = "must hold the base64url key the CA gave (not quoted: it is a secret)"
+        raise ConfigError(str(path), [f"acme.eab.hmac_key_file: {problem}"])
 
 
 class AcmeConfig(_Model):
@@ -187,7 +243,7 @@ class ChallengeConfig(_Model):
 class ApiConfig(_Model):
     listen: Listen = "127.0.0.1:8403"
     limits: ListenerLimits = ListenerLimits(max_connections=256)
-    tokens_file: Path | None = None  # default: <state_dir>/api-tokens, created if missing
+    tokens_file: SecretPath | None = None  # default: <state_dir>/api-tokens, created if missing
     metrics_auth: bool = True  # /metrics wants a bearer token too (it names every domain)
 
 
@@ -234,7 +290,7 @@ class SshDeployerConfig(_DeployerBase, _RuntimeApi):
     type: Literal["ssh"]
     user: str = Field(default="certd", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     port: int = Field(default=22, gt=0, lt=65536)
-    key_file: Path
+    key_file: SecretPath
     known_hosts: Path  # required: host keys are always checked
     connect_timeout: Duration = timedelta(seconds=10)
 
@@ -243,7 +299,7 @@ class SaltDeployerConfig(_DeployerBase):
     type: Literal["salt"]
     url: str
     username: str = Field(min_length=1)
-    password_file: Path
+    password_file: SecretPath
     eauth: str = Field(default="file", min_length=1)
     timeout: Duration = timedelta(seconds=60)  # how long salt waits for minions
     # pull (the default): each minion fetches its batch from certd's API listener at
@@ -475,7 +531,7 @@ class EmailNotifierConfig(_NotifierBase):
     tls: bool = False  # implicit TLS from the start (port 465)
     ca_bundle: Path | None = None
     username: str | None = None
-    password_file: Path | None = None
+    password_file: SecretPath | None = None
     sender: str = Field(alias="from", min_length=3)
     to: list[str] = Field(min_length=1)
 
@@ -534,6 +590,10 @@ class Config(_Model):
     state_dir: Path = Path("/var/lib/certd")
     storage: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (certd/logs.py)
+    # a level per component (logger name), e.g. {certd.deployers: debug, aiohttp: warning}
+    log_levels: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")],
+                     Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
     acme: AcmeConfig = AcmeConfig()
     challenge: ChallengeConfig = ChallengeConfig()
     api: ApiConfig = ApiConfig()

@@ -4,7 +4,8 @@ cut or `kill -9` there. Unset (always, in production), `hit()` only reads a dict
 
 Points: issue:key-saved (certificate key stored, finalize not sent), issue:finalized (the CA
 issued, nothing stored yet), deploy:writing (part of the new set written), deploy:switched
-(the new set in place, not reloaded yet).
+(the new set in place, not reloaded yet), import:stored (an imported certificate stored,
+its state and event not yet).
 """
 
 import os

@@ -12,6 +12,7 @@ it took."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -101,12 +102,31 @@ class RolloutStats:
 
 class Rollout:
     def __init__(self, config: Config, store: Store, deployers: dict[str, Deployer],
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime], stats: RolloutStats | None = None):
         self.config = config
         self.store = store
         self.deployers = deployers
         self.clock = clock
-        self.stats = RolloutStats()
+        self.stats = stats or RolloutStats()
+        self._running = 0  # run_batch/remove calls in progress
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def _working(self):
+        self._running += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no batch or removal of this rollout is in progress (a reloaded
+        config's retired deployers are closed after that)."""
+        await self._idle.wait()
 
     async def run(self, spec: CertificateSpec, cert: IssuedCertificate,
                   chosen: list[Target]) -> list[DeployResult]:
@@ -117,6 +137,11 @@ class Rollout:
                         ) -> dict[str, list[DeployResult]]:
         """Every group's share of the batch at once; results per certificate name, in the
         order of its targets."""
+        with self._working():
+            return await self._run_batch(work, batch)
+
+    async def _run_batch(self, work: list[Work], batch: str | None
+                         ) -> dict[str, list[DeployResult]]:
         batch = batch or new_batch_id()
         self.stats.batch_sizes[len(work)] += 1
         specs = {w.spec.name: w.spec for w in work}
@@ -130,6 +155,10 @@ class Rollout:
         return {w.spec.name: [done[t] for t in w.targets if t in done] for w in work}
 
     async def remove(self, spec: CertificateSpec, chosen: list[Target]) -> list[DeployResult]:
+        with self._working():
+            return await self._remove(spec, chosen)
+
+    async def _remove(self, spec: CertificateSpec, chosen: list[Target]) -> list[DeployResult]:
         """Delete the certificate's files from the nodes (all groups at once) and reload.
 
         Only nodes the store says certd deployed to (a deployment recorded for this
@@ -204,7 +233,7 @@ class Rollout:
         message = (f"rollout[{name}/{group}]: stopped after "
                    f"{'the canary' if canary else 'a failed batch'}; "
                    f"untouched: {', '.join(left)}")
-        log.error("%s", message)
+        log.error("%s", message, extra={"event": "deploy.stopped", "certificate": name})
         await self.store.add_event(Event(
             "deploy.stopped", message, Severity.ERROR, certificate=name,
             data={"frontend": group, "untouched": left, "serial": serial, "batch": batch_id}))
@@ -344,7 +373,9 @@ class Rollout:
                   "rolled_back": result.rolled_back, "output": result.output[-4000:],
                   "batch": batch},
         ))
-        (log.info if result.ok else log.error)("%s", result.message)
+        (log.info if result.ok else log.error)("%s", result.message, extra={
+            "event": "deploy.ok" if result.ok else "deploy.failed",
+            "certificate": result.target.certificate, "node": result.target.node})
 
     async def _batch_event(self, group: str, batch: list[Placement],
                            results: list[DeployResult], batch_id: str, seconds: float) -> None:
@@ -356,7 +387,8 @@ class Rollout:
             ok = sum(r.ok for r in rs)
             message = (f"batch[{batch_id}] {ref}: {ok} of {len(rs)} certificates "
                        f"deployed in {seconds:.2f}s")
-            log.info("%s", message)
+            log.info("%s", message, extra={"event": "batch.done", "node": ref.node,
+                                           "duration_ms": round(seconds * 1000)})
             await self.store.add_event(Event(
                 "batch.done", message, Severity.INFO, node=ref.node,
                 data={"frontend": group, "batch": batch_id, "size": len(rs), "ok": ok,

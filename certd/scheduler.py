@@ -29,6 +29,7 @@ MIN_GAP = timedelta(seconds=10)  # never sweep again sooner than this after a sw
 FIRST_MONITOR = timedelta(seconds=5)  # after start: let the first renewal sweep go first
 EVENTS_INTERVAL = timedelta(seconds=30)
 RETENTION_INTERVAL = timedelta(days=1)
+COMMON = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
 FIRST_RETENTION = timedelta(seconds=30)  # after start: the first sweep goes first
 
 
@@ -42,35 +43,60 @@ class Scheduler:
         self._scheduler: AsyncIOScheduler | None = None
         self._running: set[asyncio.Task] = set()
 
-    def start(self) -> None:
+    def _intervals(self) -> dict[str, tuple[float, int | None]]:
+        """The interval jobs' (seconds, jitter) from the current settings."""
         jitter = int(self.renewal.jitter.total_seconds()) or None
-        self._scheduler = AsyncIOScheduler(timezone=timezone.utc)
-        common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-        self._scheduler.add_job(
-            self._sweep, IntervalTrigger(seconds=self.renewal.sweep_interval.total_seconds(),
-                                         jitter=jitter),
-            id="sweep", next_run_time=datetime.now(timezone.utc), **common)
-        self._scheduler.add_job(
-            self._deploy_sync,
-            IntervalTrigger(seconds=self.renewal.deploy_sync_interval.total_seconds(),
-                            jitter=jitter),
-            id="deploy-sync", **common)
-        now = datetime.now(timezone.utc)
+        out = {"sweep": (self.renewal.sweep_interval.total_seconds(), jitter),
+               "deploy-sync": (self.renewal.deploy_sync_interval.total_seconds(), jitter)}
         if self.monitor is not None:
             config = self.monitor.config
-            self._scheduler.add_job(
-                self._monitor, IntervalTrigger(seconds=config.interval.total_seconds(),
-                                               jitter=int(config.jitter.total_seconds()) or None),
-                id="monitor", next_run_time=now + FIRST_MONITOR, **common)
+            out["monitor"] = (config.interval.total_seconds(),
+                              int(config.jitter.total_seconds()) or None)
+        return out
+
+    def _triggers(self) -> dict[str, IntervalTrigger]:
+        return {name: IntervalTrigger(seconds=seconds, jitter=jitter)
+                for name, (seconds, jitter) in self._intervals().items()}
+
+    def start(self) -> None:
+        self._scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        triggers = self._triggers()
+        now = datetime.now(timezone.utc)
+        self._scheduler.add_job(self._sweep, triggers["sweep"], id="sweep", next_run_time=now,
+                                **COMMON)
+        self._scheduler.add_job(self._deploy_sync, triggers["deploy-sync"], id="deploy-sync",
+                                **COMMON)
+        if "monitor" in triggers:
+            self._scheduler.add_job(self._monitor, triggers["monitor"], id="monitor",
+                                    next_run_time=now + FIRST_MONITOR, **COMMON)
         if self.events is not None:
             self._scheduler.add_job(
                 self._events, IntervalTrigger(seconds=EVENTS_INTERVAL.total_seconds()),
-                id="events", next_run_time=now, **common)
+                id="events", next_run_time=now, **COMMON)
         self._scheduler.add_job(
             self._retention, IntervalTrigger(seconds=RETENTION_INTERVAL.total_seconds(),
                                              jitter=600),
-            id="retention", next_run_time=now + FIRST_RETENTION, **common)
+            id="retention", next_run_time=now + FIRST_RETENTION, **COMMON)
         self._scheduler.start()
+
+    def reconfigure(self, renewal: RenewalConfig, monitor: Monitor | None) -> None:
+        """A reloaded config: intervals whose settings changed restart from now, the monitor
+        job comes or goes with `monitor`, and a sweep runs now (for what the config added)."""
+        old = self._intervals()
+        self.renewal, self.monitor = renewal, monitor
+        if self._scheduler is None:
+            return
+        now = datetime.now(timezone.utc)
+        new = self._intervals()
+        for name, trigger in self._triggers().items():
+            if self._scheduler.get_job(name) is None:  # the monitor, enabled by the reload
+                self._scheduler.add_job(self._monitor, trigger, id=name,
+                                        next_run_time=now + FIRST_MONITOR, **COMMON)
+            elif old.get(name) != new[name]:
+                self._scheduler.reschedule_job(name, trigger=trigger)
+        if monitor is None and self._scheduler.get_job("monitor") is not None:
+            self._scheduler.remove_job("monitor")
+        self._scheduler.modify_job("sweep", next_run_time=now)
 
     async def stop(self) -> None:
         if self._scheduler is not None:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from cryptography import x509
 
-from certd import deployers, nodes, preflight, renewal, rollout
+from certd import deployers, failpoints, nodes, preflight, renewal, rollout
 from certd.batching import DeployQueue, Request
 from certd.budget import Budget
 from certd.config import Config, split_listen
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LEASE_MARGIN = timedelta(minutes=1)
 LEASE_POLL = 0.2  # seconds between tries of a busy lease, when waiting for it
+IMPORTED = "certificate.imported"  # the event of Certd.adopt
 
 
 def owner_id() -> str:
@@ -83,18 +84,51 @@ class Certd:
         self.owner = owner or owner_id()
         self.clock = clock
         self.budget = Budget(store, config.renewal.budget, account=config.acme.directory)
-        self._specs = {
-            c.name: CertificateSpec(c.name, tuple(c.domains), tuple(c.frontends),
-                                    c.key_type or config.acme.key_type)
-            for c in config.certificates
-        }
-        self._orders = asyncio.Semaphore(config.renewal.max_concurrent)
+        self._specs = _configured_specs(config)
+        self._orders_max = config.renewal.max_concurrent
+        self._orders = asyncio.Semaphore(self._orders_max)
         self._rollout = Rollout(config, store, deployers_by_frontend, clock)
         self._renewing = 0  # renew() calls in progress: an open batch waits for them
+        self._retired: set[Deployer] = set()  # replaced by a reload, closed once idle
+        self._retiring: set[asyncio.Task] = set()
         self._queue = DeployQueue(self._deploy_batch,
                                   window=config.deploy.batch_window.total_seconds(),
                                   batch_max=config.deploy.batch_max,
                                   busy=lambda: self._renewing > 0)
+
+    async def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config (same store, CA account and listeners: the caller refused
+        changes to those). Certificates, frontends, nodes, deployers and renewal settings
+        take effect for work that starts from now on; orders and batches in flight finish
+        with what they started with. A frontend whose deployer settings did not change keeps
+        its deployer (and its SSH connections); the others are closed once the batches in
+        flight are done."""
+        kept = {name: self.deployers[name] for name, fe in config.frontends.items()
+                if name in self.config.frontends and name in self.deployers
+                and self.config.frontends[name].deployer == fe.deployer}
+        fresh = {name: deployers.build(fe.deployer, self.store)
+                 for name, fe in config.frontends.items() if name not in kept}
+        retired = [d for d in set(self.deployers.values())
+                   if all(d is not k for k in kept.values())]
+        old_rollout = self._rollout
+        self.config = config
+        self.deployers = {**kept, **fresh}
+        self.budget = Budget(self.store, config.renewal.budget, account=config.acme.directory)
+        if config.renewal.max_concurrent != self._orders_max:  # holders release the old one
+            self._orders_max = config.renewal.max_concurrent
+            self._orders = asyncio.Semaphore(self._orders_max)
+        self._rollout = Rollout(config, self.store, self.deployers, self.clock,
+                                stats=old_rollout.stats)
+        self._queue.window = config.deploy.batch_window.total_seconds()
+        self._queue.batch_max = config.deploy.batch_max
+        self._specs = _configured_specs(config)
+        await self.load_aliases()
+        if retired:
+            self._retired.update(retired)
+            task = asyncio.get_running_loop().create_task(
+                _close_after(old_rollout, retired, self._retired))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     # what should exist ----------------------------------------------------------------
     def specs(self) -> list[CertificateSpec]:
@@ -234,7 +268,8 @@ class Certd:
                                      verdict.retry_at, verdict.account_wide)
         reuse = current.key_pem if current and self.config.acme.reuse_key else None
         async with self._orders:
-            log.info("certificate[%s]: ordering (%s)", name, reason)
+            log.info("certificate[%s]: ordering (%s)", name, reason,
+                     extra={"event": "order.start", "certificate": name})
             await self._set_state(name, status=CertStatus.ISSUING)
             if resume is None and not ari_renewal:
                 await self.budget.record_order(now)
@@ -258,6 +293,48 @@ class Certd:
                   "reason": reason, "replaces": replaces},
         ))
         return stored
+
+    # certificates certd did not order (certd import: certd/importer/) -------------------
+    async def adopt(self, cert: IssuedCertificate, event: Event, *,
+                    expected: str | None) -> IssuedCertificate:
+        """Make `cert`, which another client obtained (checked by certd/importer/), the current
+        certificate of its name, stored as an issued one is: one row with its key (atomic),
+        then the state 'issued' (the next sweep, or `certd deploy`, pushes it), then `event`
+        (kind IMPORTED). Under the `issue:NAME` lease, and only if the current certificate is
+        still the one the caller planned against (`expected`: its serial, None for none);
+        CertdError otherwise, or while another process holds the lease. Adopting the current
+        certificate again completes an adoption a crash cut short (state, event)."""
+        name = cert.name
+        self.spec(name)
+        lease = f"issue:{name}"
+        if not await self._take_lease(lease, wait=False):
+            raise CertdError(f"certificate[{name}]: another certd is issuing it; try again "
+                             "later")
+        try:
+            current = await self.store.current_certificate(name)
+            if current is not None and current.serial == cert.serial:
+                if await self.adopted(name, cert.serial) is not None:
+                    return current  # done before
+                stored = current
+            elif (current.serial if current else None) != expected:
+                raise CertdError(f"certificate[{name}]: changed while importing (now serial "
+                                 f"{current.serial if current else 'none'}); not imported")
+            else:
+                stored = await self.store.add_certificate(cert)
+                failpoints.hit("import:stored")
+            await self._set_state(name, status=CertStatus.ISSUED, last_error=None, attempts=0,
+                                  next_attempt_at=None)
+            await self.store.add_event(event)
+            return stored
+        finally:
+            await self.store.release_lease(lease, self.owner)
+
+    async def adopted(self, name: str, serial: str) -> dict | None:
+        """The data of the IMPORTED event that made `serial` current for `name`, if any."""
+        for event in await self.store.events(certificate=name, kind=IMPORTED, limit=20):
+            if event.data.get("serial") == serial:
+                return event.data
+        return None
 
     def is_alias(self, name: str) -> bool:
         return name not in {c.name for c in self.config.certificates}
@@ -296,6 +373,10 @@ class Certd:
         """The ARI certID for `replaces`, when the CA offers ARI."""
         if not self.config.acme.ari:
             return None
+        if current.order_url is None:  # imported: a CA refuses `replaces` for a certificate
+            adopted = await self.adopted(current.name, current.serial)  # of another account
+            if not (adopted and adopted.get("same_account")):
+                return None
         try:
             if not await self.issuer.client.offers_ari():
                 return None
@@ -341,7 +422,8 @@ class Certd:
                   "attempts": attempts, "next_attempt_at": next_at.isoformat()},
         ))
         log.error("certificate[%s]: %s (attempt %d; next at %s)", name, exc, attempts,
-                  next_at.isoformat(timespec="seconds"))
+                  next_at.isoformat(timespec="seconds"),
+                  extra={"event": "issue.failed", "certificate": name, "error": str(exc)})
 
     async def _set_state(self, name: str, **changes) -> None:
         state = await self.store.get_state(name) or CertificateState(name)
@@ -439,14 +521,39 @@ class Certd:
 
     async def close(self) -> None:
         await self._queue.close()
-        for deployer in set(self.deployers.values()):
-            await deployer.close()
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for deployer in set(self.deployers.values()) | self._retired:
+            await _close_quietly(deployer)
 
 
 def _holding(deployments, serial: str) -> set[NodeRef]:
     """The nodes that hold `serial`, deployed."""
     return {d.ref for d in deployments
             if d.serial == serial and d.status is DeployStatus.DEPLOYED}
+
+
+def _configured_specs(config: Config) -> dict[str, CertificateSpec]:
+    return {c.name: CertificateSpec(c.name, tuple(c.domains), tuple(c.frontends),
+                                    c.key_type or config.acme.key_type)
+            for c in config.certificates}
+
+
+async def _close_after(rollout: Rollout, retired: list[Deployer],
+                       pending: set[Deployer]) -> None:
+    """Close deployers a reload replaced, once the rollout that used them is idle."""
+    await rollout.idle()
+    for deployer in retired:
+        pending.discard(deployer)
+        await _close_quietly(deployer)
+
+
+async def _close_quietly(deployer: Deployer) -> None:
+    try:
+        await deployer.close()
+    except Exception:  # noqa: BLE001 - a connection that fails to close is not news
+        log.debug("closing a deployer failed", exc_info=True)
 
 
 def build_deployers(config: Config, store=None) -> dict[str, Deployer]:

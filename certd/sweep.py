@@ -41,9 +41,11 @@ class Sweeper:
         self._lock = asyncio.Lock()
         self.last: SweepResult | None = None
 
-    async def decide(self) -> renewal.Decision:
+    async def decide(self, overview: dict | None = None) -> renewal.Decision:
+        """`overview`: Store.overview() if the caller has read it already."""
         return renewal.decide(
-            self.certd.specs(), await self.store.overview(), self.certd.clock(),
+            self.certd.specs(), overview if overview is not None else await self.store.overview(),
+            self.certd.clock(),
             before_expiry=self.certd.config.renewal.before_expiry,
             ari=self.certd.config.acme.ari,
             unfinished={o.certificate for o in await self.store.unfinished_orders()},
@@ -91,7 +93,9 @@ class Sweeper:
             self.last = result
             log.info("sweep done: %d certificates, %d due, %d renewed, %d failed; next %s",
                      len(self.certd.specs()), result.due, result.renewed, result.failed,
-                     result.wake_at.isoformat(timespec="seconds") if result.wake_at else "-")
+                     result.wake_at.isoformat(timespec="seconds") if result.wake_at else "-",
+                     extra={"event": "sweep.done",
+                            "duration_ms": round(result.seconds * 1000)})
             return result
 
     async def _renew_due(self, due: list[renewal.Due], done: Callable[[str, bool], object]
@@ -122,10 +126,12 @@ class Sweeper:
         except BudgetDeferred as exc:
             if exc.account_wide and stop is not None:
                 stop.append(exc.retry_at)
-            log.warning("certificate[%s]: %s", due.name, exc)
+            log.warning("certificate[%s]: %s", due.name, exc,
+                        extra={"certificate": due.name, "error": str(exc)})
             return due.name, False
         except CertdError as exc:
-            log.warning("certificate[%s]: %s", due.name, exc)
+            log.warning("certificate[%s]: %s", due.name, exc,
+                        extra={"certificate": due.name, "error": str(exc)})
             return due.name, False
         except Exception:  # a bug must not stop the other certificates
             log.exception("certificate[%s]: unexpected error", due.name)
@@ -136,7 +142,8 @@ class Sweeper:
         try:
             await self.certd.deploy(name, only_stale=True)
         except CertdError as exc:
-            log.warning("certificate[%s]: deploy: %s", name, exc)
+            log.warning("certificate[%s]: deploy: %s", name, exc,
+                        extra={"certificate": name, "error": str(exc)})
         except Exception:
             log.exception("certificate[%s]: deploy: unexpected error", name)
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,29 +69,38 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
-def certd_argv(config_path: Path | None, *args: str) -> list[str]:
-    """`python -m certd [-c config_path] args...` with this interpreter."""
+CERTD_MODULE = ("-m", "certd")
+
+
+def certd_argv(config_path: Path | None, *args: str,
+               launcher: Sequence[str] = CERTD_MODULE) -> list[str]:
+    """`python -m certd [-c config_path] args...` with this interpreter (`launcher`: what
+    follows the interpreter instead of `-m certd`, e.g. `-c CODE` that ends by running it)."""
     config = ["-c", str(config_path)] if config_path is not None else []
-    return [sys.executable, "-m", "certd", *config, *args]
+    return [sys.executable, *launcher, *config, *args]
 
 
 def run_certd(config_path: Path | None, *args: str, env: dict[str, str] | None = None,
-              timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+              timeout: float = 120, cwd: Path | None = None,
+              launcher: Sequence[str] = CERTD_MODULE) -> subprocess.CompletedProcess:
     """One `certd` command (`certd -c config_path args...`; no `-c` for None) as a real
     subprocess, waited for (killed by PID at `timeout`); stdout and stderr captured as text
     (UTF-8, undecodable bytes replaced). `env` is layered over this process's environment,
     from which `CERTD_CONFIG` is left out (the config is the one given, or the default)."""
     base = {k: v for k, v in os.environ.items() if k != "CERTD_CONFIG"}
-    return subprocess.run(certd_argv(config_path, *args), capture_output=True, check=False,
+    return subprocess.run(certd_argv(config_path, *args, launcher=launcher),
+                          capture_output=True, check=False,
                           encoding="utf-8", errors="replace", timeout=timeout, cwd=cwd,
                           env={**base, **(env or {})})
 
 
 class Daemon:
     """`certd run` as a real subprocess in its own session; stopped by PID. `nofile` sets
-    its soft file limit (systemd's default is 1,024)."""
+    its soft file limit (systemd's default is 1,024); `env` is layered over this process's
+    environment; `launcher` as for certd_argv."""
 
-    def __init__(self, config_path: Path, log_path: Path, *, nofile: int | None = None):
+    def __init__(self, config_path: Path, log_path: Path, *, nofile: int | None = None,
+                 env: dict[str, str] | None = None, launcher: Sequence[str] = CERTD_MODULE):
         self.log_path = log_path
         self._log = open(log_path, "ab")
 
@@ -99,9 +109,9 @@ class Daemon:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
         self.proc = subprocess.Popen(
-            certd_argv(config_path, "run"),
+            certd_argv(config_path, "run", launcher=launcher),
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             preexec_fn=limit_files if nofile else None,
         )
 

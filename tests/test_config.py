@@ -9,7 +9,14 @@ import pytest
 import yaml
 
 from certd import __version__, cli, config
-from certd.config import Config, ConfigError, parse, parse_duration, render, split_listen
+from certd.config import (
+    Config,
+    ConfigError,
+    parse,
+    parse_duration,
+    render,
+    split_listen,
+)
 from tests.certd_lab import run_certd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -347,7 +354,7 @@ def test_other_validators():
     assert one_problem({"storage": "postgres://db"}).startswith("storage: ")
     assert one_problem({"log_level": "loud"}).startswith("log_level: ")
     assert one_problem({"acme": {"eab": {"kid": "k"}}}) == \
-        "acme.eab.hmac_key: required key is missing"
+        "acme.eab: give the key as hmac_key or hmac_key_file (one of them)"
 
 
 @pytest.mark.parametrize("data", [[1, 2], "text", 42])

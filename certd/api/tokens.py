@@ -77,6 +77,11 @@ class Tokens:
     def __len__(self) -> int:
         return len(self._tokens)
 
+    def replace(self, other: Tokens) -> None:
+        """Take `other`'s entries (a reload re-read the tokens file): rotation without a
+        restart; the API app keeps this object."""
+        self._tokens = other._tokens
+
     def lookup(self, presented: str) -> Token | None:
         """The entry `presented` matches, or None. Every entry is compared, in constant time,
         whether or not an earlier one matched; a token under MIN_TOKEN characters never

@@ -15,6 +15,7 @@ import josepy as jose
 from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certd import failpoints, keys
 from certd.errors import AcmeError
@@ -73,7 +74,7 @@ class Issuer:
                 key = await asyncio.to_thread(keys.generate_key, ACCOUNT_KEY_TYPE)
                 account = Account(directory, "", keys.key_to_pem(key))
                 await self.store.save_account(account)
-            jwk = jose.JWKEC(key=keys.key_from_pem(account.key_pem))
+            jwk = account_jwk(account.key_pem)
             if account.uri:
                 self.client.use_account(jwk, account.uri)
                 return
@@ -132,7 +133,8 @@ class Issuer:
             key_pem = resume.key_pem or key_pem
         if order is None:
             order_url, order = await self.client.new_order(spec.domains, replaces=replaces)
-            log.info("acme[%s]: order %s (%s)", spec.name, order_url, ", ".join(spec.domains))
+            log.info("acme[%s]: order %s (%s)", spec.name, order_url, ", ".join(spec.domains),
+                     extra={"event": "order.new", "certificate": spec.name, "order": order_url})
         else:
             replaces = resume.replaces
             log.info("acme[%s]: resuming order %s (%s)", spec.name, order_url, _status(order))
@@ -178,7 +180,8 @@ class Issuer:
                                                     key_pem=None))
             raise
         log.info("acme[%s]: issued serial %s, valid until %s", spec.name, issued.serial,
-                 issued.not_after.isoformat())
+                 issued.not_after.isoformat(),
+                 extra={"event": "issue.ok", "certificate": spec.name, "order": order_url})
         return issued
 
     async def finished(self, order_url: str, spec: CertificateSpec) -> None:
@@ -274,6 +277,12 @@ class Issuer:
         if len(certs) == 1 and ups:
             certs.extend(_parse_chain(await self.client.fetch_up(ups[0]), ups[0]))
         return certs
+
+
+def account_jwk(key_pem: str) -> jose.JWK:
+    """The account key as a JWK: certd makes EC keys; one imported from certbot is RSA."""
+    key = keys.key_from_pem(key_pem)
+    return jose.JWKRSA(key=key) if isinstance(key, rsa.RSAPrivateKey) else jose.JWKEC(key=key)
 
 
 def _status(resource) -> str:

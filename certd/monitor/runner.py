@@ -70,7 +70,14 @@ class Monitor:
         self.thresholds = checks.Thresholds.from_config(config)
         self.served: dict[tuple[str, str], Served] = {}  # (domain, node) -> last look
         self.last: MonitorReport | None = None
+        self.session = None  # the notifiers' HTTP session (app.open_monitor; a reload uses it)
         self._lock = asyncio.Lock()
+
+    def reconfigure(self, config: MonitorConfig, trust: checks.TrustStore) -> None:
+        """A reloaded config: the next sweep uses it (one in progress finishes as it began)."""
+        self.config = config
+        self.trust = trust
+        self.thresholds = checks.Thresholds.from_config(config)
 
     # what to probe ---------------------------------------------------------------------
     def targets(self, details: dict[str, CertDetails], *, endpoints: bool) -> list[ProbeTarget]:

@@ -4,6 +4,16 @@ The SQL stays portable (no SQLite-only types), so the PostgreSQL store can share
 Times are ISO-8601 UTC text with microseconds, which sorts like the times themselves.
 """
 
+
+def newer_schema(version: int) -> str | None:
+    """Why this certd must not touch a store at schema `version` (None if it may): a
+    downgrade is refused, never attempted. Said at open and at restore."""
+    if version <= len(MIGRATIONS):
+        return None
+    return (f"store schema {version} is newer than this certd (knows up to {len(MIGRATIONS)}): "
+            "upgrade certd or restore a backup taken by this version")
+
+
 MIGRATIONS: list[list[str]] = [
     [  # 1: the core tables
         """CREATE TABLE accounts (

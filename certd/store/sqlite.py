@@ -35,7 +35,7 @@ from certd.model import (
     Severity,
 )
 from certd.store.base import BundleGrant
-from certd.store.migrations import MIGRATIONS
+from certd.store.migrations import MIGRATIONS, newer_schema
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,9 @@ class SqliteStore:
     async def _migrate(self) -> None:
         async with self.db.execute("PRAGMA user_version") as cur:
             (version,) = await cur.fetchone()
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"sqlite[{self.path}]: schema version {version} is newer than this certd "
-                f"({len(MIGRATIONS)}); upgrade certd"
-            )
+        refused = newer_schema(version)
+        if refused:
+            raise StoreError(f"sqlite[{self.path}]: {refused}")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await self.db.execute("BEGIN IMMEDIATE")
             try:
