@@ -28,7 +28,7 @@ from certd.monitor.events import EventForwarder
 from certd.monitor.runner import Monitor
 from certd.scheduler import Scheduler
 from certd.service import Certd, build_deployers
-from certd.store.sqlite import SqliteStore
+from certd.store import make_store
 from certd.sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
     except OSError as exc:  # a line for the operator, not a traceback
         raise StoreError(f"state_dir {config.state_dir}: cannot create it: "
                          f"{exc.strerror or exc}") from None
-    store = SqliteStore(config.database_path)
+    store = make_store(config)
     await store.open()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
     certd = None

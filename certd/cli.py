@@ -27,7 +27,7 @@ from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError
 from certd.model import utcnow
-from certd.store import location
+from certd.store import describe_storage, location
 from certd.views import certificate_views, name_list, text_table
 
 log = logging.getLogger("certd")
@@ -145,7 +145,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         # SIGHUP (systemctl reload, certd reload): re-read the config, never die of it
         loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
         log.info("certd %s starting (%d certificates, store %s)", __version__,
-                 len(cfg.certificates), cfg.database_path)
+                 len(cfg.certificates), describe_storage(cfg))
         await run_daemon(cfg, stop, reload_wanted=reload_wanted,
                          load_config=lambda: configuration.load(args.config))
 
@@ -157,7 +157,7 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     if _state_unusable(cfg):
         return EXIT_CONFIG
     print(f"config OK: {args.config or configuration.default_path()}")
-    print(f"  state_dir: {cfg.state_dir} (store {cfg.database_path})")
+    print(f"  state_dir: {cfg.state_dir} (store {describe_storage(cfg)})")
     print(f"  acme: {cfg.acme.directory} key_type={cfg.acme.key_type}")
     print(f"  challenge listener: {cfg.challenge.listen}; api: {cfg.api.listen}")
     for name, fe in cfg.frontends.items():
@@ -172,7 +172,7 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
 async def _status_rows(cfg: Config) -> list[dict]:
     async with open_certd(cfg) as certd:
         now = utcnow()
-        return await certificate_views(certd, [s.name for s in certd.specs()], now)
+        return await certificate_views(certd, certd.specs(), now)
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from certd.config import Config
 from certd.errors import CertdError
-from certd.store import backup
+from certd.store import backup, storage_scheme
 
 MIN_PASSPHRASE = 8  # bytes
 
@@ -50,6 +50,10 @@ def _command(sub: argparse._SubParsersAction, name: str, what: str, passphrase: 
 
 
 def state_paths(cfg: Config) -> backup.StatePaths:
+    if cfg.database_path is None:  # backup/restore copy a SQLite file
+        raise CertdError(f"backup: storage {storage_scheme(cfg.storage)}:// is not a SQLite "
+                         "file: certd backup and restore handle sqlite:/// stores only (back "
+                         "up PostgreSQL with its own tools, e.g. pg_dump)")
     return backup.StatePaths(cfg.state_dir, cfg.database_path, cfg.tokens_path)
 
 

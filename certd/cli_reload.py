@@ -12,7 +12,7 @@ import sys
 from certd import pidfile
 from certd.config import Config
 from certd.errors import CertdError
-from certd.store.sqlite import SqliteStore
+from certd.store import make_store
 
 OUTCOMES = ("config.reloaded", "config.reload_failed")
 WAIT_SECONDS = 30.0
@@ -37,7 +37,7 @@ def cmd_reload(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _signal_and_wait(cfg: Config, pid: int) -> tuple[bool, str]:
-    store = SqliteStore(cfg.database_path)
+    store = make_store(cfg)
     await store.open()
     try:
         after = await store.last_event_id()

@@ -28,6 +28,7 @@ from pydantic import (
 
 from certd import names
 from certd.errors import ConfigError
+from certd.store import sqlite_path, storage_problem, storage_takes_password
 from certd.text import one_line
 
 DEFAULT_PATH = Path("/etc/certd/config.yaml")
@@ -589,6 +590,9 @@ class DeployConfig(_Model):
 class Config(_Model):
     state_dir: Path = Path("/var/lib/certd")
     storage: str | None = None
+    # the PostgreSQL store's password (`storage: postgresql://USER@HOST:PORT/DB`): a file, or
+    # $CREDENTIALS_DIRECTORY/NAME; read at each new connection, never written in the URL
+    storage_password_file: SecretPath | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line (certd/logs.py)
     # a level per component (logger name), e.g. {certd.deployers: debug, aiohttp: warning}
@@ -610,13 +614,16 @@ class Config(_Model):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///PATH is supported in this version")
+        problem = None if v is None else storage_problem(v)  # the schemes certd.store builds
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
         problems: list[str] = []
+        if self.storage_password_file is not None and not storage_takes_password(self.storage):
+            problems.append("storage_password_file: only for a postgresql:// storage")
         seen: set[str] = set()
         for i, cert in enumerate(self.certificates):
             if cert.name in seen:
@@ -637,10 +644,10 @@ class Config(_Model):
         return self
 
     @property
-    def database_path(self) -> Path:
-        if self.storage:
-            return Path(self.storage[len("sqlite:///"):])
-        return self.state_dir / "certd.db"
+    def database_path(self) -> Path | None:
+        """The SQLite file (<state_dir>/certd.db unless `storage` names one); None when the
+        store is not SQLite."""
+        return sqlite_path(self.storage, self.state_dir)
 
     @property
     def tokens_path(self) -> Path:

@@ -70,3 +70,15 @@ class NotifyError(CertdError):
         self.notifier = notifier  # 'webhook[hooks.example.org]', 'email[smtp.example.org]'
         self.transient = transient
         super().__init__(message)
+
+
+class AliasError(CertdError):
+    """A custom-domain alias cannot be added (or removed) as asked. `kind` says why, in the
+    REST API's problem-type words: a name-policy slug ('invalid-domain', 'wildcard', ...),
+    'invalid-frontends', 'quota' (with `retry_after` seconds), 'domain-removing' (with
+    `retry_after`) or 'conflict'. The message never quotes what the client sent."""
+
+    def __init__(self, message: str, *, kind: str, retry_after: int | None = None):
+        self.kind = kind
+        self.retry_after = retry_after
+        super().__init__(message)

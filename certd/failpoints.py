@@ -3,7 +3,8 @@ environment, certd kills itself with SIGKILL when it reaches that point — the 
 cut or `kill -9` there. Unset (always, in production), `hit()` only reads a dict.
 
 Points: issue:key-saved (certificate key stored, finalize not sent), issue:finalized (the CA
-issued, nothing stored yet), deploy:writing (part of the new set written), deploy:switched
+issued, nothing stored yet), issue:stored (inside the unit of work that stores it: the
+certificate row written, the order, state and event not yet; nothing of it commits), deploy:writing (part of the new set written), deploy:switched
 (the new set in place, not reloaded yet), import:stored (an imported certificate stored,
 its state and event not yet).
 """

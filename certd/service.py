@@ -84,7 +84,8 @@ class Certd:
         self.owner = owner or owner_id()
         self.clock = clock
         self.budget = Budget(store, config.renewal.budget, account=config.acme.directory)
-        self._specs = _configured_specs(config)
+        self._configured = _configured_specs(config)
+        self._specs = dict(self._configured)  # + the aliases the last load_aliases saw
         self._orders_max = config.renewal.max_concurrent
         self._orders = asyncio.Semaphore(self._orders_max)
         self._rollout = Rollout(config, store, deployers_by_frontend, clock)
@@ -121,7 +122,8 @@ class Certd:
                                 stats=old_rollout.stats)
         self._queue.window = config.deploy.batch_window.total_seconds()
         self._queue.batch_max = config.deploy.batch_max
-        self._specs = _configured_specs(config)
+        self._configured = _configured_specs(config)
+        self._specs = dict(self._configured)
         await self.load_aliases()
         if retired:
             self._retired.update(retired)
@@ -134,27 +136,24 @@ class Certd:
     def specs(self) -> list[CertificateSpec]:
         return list(self._specs.values())
 
-    def _alias_spec(self, alias: Alias) -> CertificateSpec:
+    def alias_spec(self, alias: Alias) -> CertificateSpec:
         return CertificateSpec(alias.domain, (alias.domain,), alias.frontends,
                                self.config.acme.key_type)
 
     async def load_aliases(self) -> None:
         """Add the API's aliases to the configured certificates (and forget removed ones).
         Called at start and before every sweep: another process may have changed them."""
-        aliases = {a.domain: a for a in await self.store.list_aliases()}
-        configured = {c.name for c in self.config.certificates}
-        for name in [n for n in self._specs if n not in configured and n not in aliases]:
-            del self._specs[name]
-        for domain, alias in aliases.items():
-            if domain not in configured and not alias.removing:
-                self._specs[domain] = self._alias_spec(alias)
+        aliases = await self.store.list_aliases()
+        self._specs = {**self._configured,
+                       **{a.domain: self.alias_spec(a) for a in aliases
+                          if not a.removing and a.domain not in self._configured}}
 
     async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
-        if alias.domain in {c.name for c in self.config.certificates}:
+        if alias.domain in self._configured:
             raise CertdError(f"{alias.domain!r} is the name of a configured certificate")
         stored, created = await self.store.add_alias(alias)
         if not stored.removing:
-            self._specs[stored.domain] = self._alias_spec(stored)
+            self._specs[stored.domain] = self.alias_spec(stored)
         return stored, created
 
     async def remove_alias(self, domain: str, *, revoke: bool = False) -> list[DeployResult]:
@@ -166,7 +165,7 @@ class Certd:
         alias = await self.store.get_alias(domain)
         if alias is None:
             raise CertdError(f"alias {domain!r} does not exist")
-        spec = self._alias_spec(alias)
+        spec = self.alias_spec(alias)
         await self.store.mark_alias_removing(domain)
         self._specs.pop(domain, None)
         results = await self._rollout.remove(spec, self.targets(spec))
@@ -195,10 +194,32 @@ class Certd:
             certificate=name, data={"serial": cert.serial}))
 
     def spec(self, name: str) -> CertificateSpec:
+        """`name`'s spec as this process last saw it (the config, and the aliases read at the
+        last sweep): for work over everything known. For one name someone asks about, use
+        `resolve`, which asks the store."""
         try:
             return self._specs[name]
         except KeyError:
             raise CertdError(f"certificate {name!r} is not configured") from None
+
+    async def resolve(self, name: str) -> CertificateSpec:
+        """`name`'s spec from the one source of truth: the config for configured
+        certificates, the store for aliases (which another process may have added or removed
+        since this one last looked). CertdError if neither has it (or it is being removed)."""
+        configured = self._configured.get(name)
+        if configured is not None:
+            return configured
+        alias = await self.store.get_alias(name)
+        if alias is None or alias.removing:
+            self._specs.pop(name, None)
+            raise CertdError(f"certificate {name!r} is not configured")
+        spec = self._specs[name] = self.alias_spec(alias)
+        return spec
+
+    async def all_specs(self) -> list[CertificateSpec]:
+        """Every certificate: the config's and the store's aliases, read now."""
+        await self.load_aliases()
+        return self.specs()
 
     async def plan(self, cert) -> renewal.Plan:
         ari = await self.store.get_ari(cert.name) if self.config.acme.ari else None
@@ -210,7 +231,7 @@ class Certd:
         """Issue a certificate for `name` if it needs one, or if `force`d and nobody renewed it
         since `requested_at`. Returns the current certificate, or None when another process
         holds the lease (and `wait` is false). Raises AcmeError, BudgetDeferred."""
-        spec = self.spec(name)
+        spec = await self.resolve(name)
         self._renewing += 1
         try:
             return await self._renew(spec, force, wait, requested_at or self.clock())
@@ -281,17 +302,21 @@ class Certd:
                     await self.budget.record_failed_validation([exc.identifier], self.clock())
                 await self._failed(name, exc)
                 raise
-        stored = await self.store.add_certificate(issued)
-        await self.issuer.finished(issued.order_url, spec)
-        await self.budget.record_certificate(spec.domains, self.clock())
-        await self._set_state(name, status=CertStatus.ISSUED, last_error=None, attempts=0,
-                              next_attempt_at=None)
-        await self.store.add_event(Event(
-            "issue.ok", f"certificate[{name}]: issued serial {stored.serial}",
-            certificate=name,
-            data={"serial": stored.serial, "not_after": stored.not_after.isoformat(),
-                  "reason": reason, "replaces": replaces},
-        ))
+        # one unit of work: the certificate with its key, the order done (its key copy
+        # dropped), the budget, the state and the event, all or none
+        async with self.store.transaction():
+            stored = await self.store.add_certificate(issued)
+            failpoints.hit("issue:stored")
+            await self.issuer.finished(issued.order_url, spec)
+            await self.budget.record_certificate(spec.domains, self.clock())
+            await self._set_state(name, status=CertStatus.ISSUED, last_error=None, attempts=0,
+                                  next_attempt_at=None)
+            await self.store.add_event(Event(
+                "issue.ok", f"certificate[{name}]: issued serial {stored.serial}",
+                certificate=name,
+                data={"serial": stored.serial, "not_after": stored.not_after.isoformat(),
+                      "reason": reason, "replaces": replaces},
+            ))
         return stored
 
     # certificates certd did not order (certd import: certd/importer/) -------------------
@@ -305,7 +330,7 @@ class Certd:
         CertdError otherwise, or while another process holds the lease. Adopting the current
         certificate again completes an adoption a crash cut short (state, event)."""
         name = cert.name
-        self.spec(name)
+        await self.resolve(name)
         lease = f"issue:{name}"
         if not await self._take_lease(lease, wait=False):
             raise CertdError(f"certificate[{name}]: another certd is issuing it; try again "
@@ -438,7 +463,7 @@ class Certd:
         to the nodes that do not hold it yet), verify each node serves it, roll back those
         that do not. It goes out in the next batch (certd/batching.py) with whatever else is
         deployable by then. Raises CertdError if nothing is stored."""
-        self.spec(name)  # unknown names fail here, not in someone else's batch
+        await self.resolve(name)  # unknown names fail here, not in someone else's batch
         return await self._queue.submit(name, only_stale)
 
     @property
@@ -496,7 +521,7 @@ class Certd:
         details = await self.store.details(names)
         for name in names:
             try:
-                spec = self.spec(name)
+                spec = await self.resolve(name)
             except CertdError as exc:  # an alias removed while it waited
                 out[name] = exc
                 continue

@@ -51,14 +51,12 @@ def build_view(certd: Certd, spec: CertificateSpec, details: CertDetails, now: d
     }
 
 
-async def certificate_views(certd: Certd, names: Sequence[str], now: datetime) -> list[dict]:
-    specs = [certd.spec(name) for name in names]
+async def certificate_views(certd: Certd, specs: Sequence[CertificateSpec], now: datetime
+                            ) -> list[dict]:
+    """The views of `specs` (from the config, an alias the caller holds, or
+    Certd.resolve/all_specs: never a name looked up in a copy another process can stale)."""
     details = await certd.store.details([s.name for s in specs])
     return [build_view(certd, s, details[s.name], now) for s in specs]
-
-
-async def certificate_view(certd: Certd, name: str, now: datetime) -> dict:
-    return (await certificate_views(certd, [name], now))[0]
 
 
 def text_table(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -121,8 +121,8 @@ def _node_set_is_consistent(lab, node, name) -> int:
     return cert.serial_number
 
 
-@pytest.mark.parametrize("point", ["issue:key-saved", "issue:finalized", "deploy:writing",
-                                   "deploy:switched"])
+@pytest.mark.parametrize("point", ["issue:key-saved", "issue:finalized", "issue:stored",
+                                   "deploy:writing", "deploy:switched"])
 def test_kill_9_at_any_point_loses_nothing_and_renews_once(lab, tmp_path, point):
     name = "crash-" + point.replace(":", "-")
     domain = f"{name}.test"

@@ -12,8 +12,7 @@ import logging
 
 from aiohttp import web
 
-from certd import __version__
-from certd import metrics
+from certd import __version__, metrics
 from certd.api import alerts, domains, openapi
 from certd.api import salt as salt_bundles
 from certd.api.http import (
@@ -29,20 +28,20 @@ from certd.api.http import (
     errors,
 )
 from certd.api.tokens import Tokens
-from certd.errors import CertdError
-from certd.model import Event, utcnow
+from certd.errors import CertdError, StoreError
+from certd.model import CertificateSpec, Event, utcnow
 from certd.service import Certd
-from certd.views import certificate_view, certificate_views
+from certd.views import certificate_views
 
 log = logging.getLogger(__name__)
 
-def _name(request: web.Request) -> str:
-    name = request.match_info["name"]
+async def _spec(request: web.Request) -> CertificateSpec:
     try:
-        certd_of(request).spec(name)
+        return await certd_of(request).resolve(request.match_info["name"])
+    except StoreError:
+        raise
     except CertdError:
         raise Problem(404, "unknown-certificate", "No such certificate") from None
-    return name
 
 
 
@@ -53,13 +52,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def list_certificates(request: web.Request) -> web.Response:
     certd, now = certd_of(request), utcnow()
-    items = await certificate_views(certd, [s.name for s in certd.specs()], now)
+    items = await certificate_views(certd, await certd.all_specs(), now)
     return web.json_response({"items": items})
 
 
 async def get_certificate(request: web.Request) -> web.Response:
-    name = _name(request)
-    return web.json_response(await certificate_view(certd_of(request), name, utcnow()))
+    [view] = await certificate_views(certd_of(request), [await _spec(request)], utcnow())
+    return web.json_response(view)
 
 
 async def _audit(request: web.Request, kind: str, name: str, message: str) -> None:
@@ -69,7 +68,7 @@ async def _audit(request: web.Request, kind: str, name: str, message: str) -> No
 
 
 async def renew_certificate(request: web.Request) -> web.Response:
-    name = _name(request)
+    name = (await _spec(request)).name
     force = request.query.get("force", "true").lower() not in ("0", "false", "no")
     await _audit(request, "api.renew", name, f"renew {name} (force={force})")
     certd = certd_of(request)
@@ -87,7 +86,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
 
 
 async def deploy_certificate(request: web.Request) -> web.Response:
-    name = _name(request)
+    name = (await _spec(request)).name
     await _audit(request, "api.deploy", name, f"deploy {name}")
     certd = certd_of(request)
 

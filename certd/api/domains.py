@@ -4,20 +4,17 @@ the domain, so one customer's broken DNS never blocks another's certificate."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from aiohttp import web
 
-from certd import names
+from certd import aliases, names
 from certd.api.http import TOKEN_NAME, Problem, background, certd_of, read_json
-from certd.errors import CertdError, StoreError
-from certd.model import Alias, Event, utcnow
+from certd.errors import AliasError
+from certd.model import Alias, utcnow
 from certd.views import certificate_views
 
 log = logging.getLogger(__name__)
 
-QUOTA = "api_alias"  # ledger kind: aliases created per token
-QUOTA_WINDOW = timedelta(hours=1)
 MAX_LIMIT = 500
 STATUSES = ("pending", "issuing", "issued", "deployed", "failed", "removing")
 
@@ -42,27 +39,32 @@ def _alias_view(alias: Alias, view: dict) -> dict:
     }
 
 
-async def domain_views(request: web.Request, aliases: list[Alias]) -> list[dict]:
-    """The domain objects of `aliases`, from one batch read."""
-    live = [a for a in aliases if not a.removing]
-    views = await certificate_views(certd_of(request), [a.domain for a in live], utcnow())
+async def domain_views(request: web.Request, items: list[Alias]) -> list[dict]:
+    """The domain objects of `items`, from one batch read."""
+    live = [a for a in items if not a.removing]
+    certd = certd_of(request)
+    views = await certificate_views(certd, [certd.alias_spec(a) for a in live], utcnow())
     by_domain = {a.domain: _alias_view(a, v) for a, v in zip(live, views)}
-    return [by_domain.get(a.domain) or _removing_view(a) for a in aliases]
+    return [by_domain.get(a.domain) or _removing_view(a) for a in items]
 
 
 async def domain_view(request: web.Request, alias: Alias) -> dict:
     return (await domain_views(request, [alias]))[0]
 
 
-def _domain(raw, policy) -> str:
-    """The alias policy (certd/names.py: check_alias) as problem documents."""
-    if not isinstance(raw, str):
-        raise Problem(422, "invalid-domain", "domain must be a string")
-    try:
-        return names.check_alias(raw, policy)
-    except names.NameRejected as exc:
-        raise Problem(422, getattr(exc, "slug", "invalid-domain"), "Domain refused",
-                      str(exc)) from None
+# AliasError.kind -> (HTTP status, problem title); a name-policy slug not listed is a 422
+REFUSALS = {
+    "invalid-frontends": (422, "Unknown or missing frontends"),
+    "quota": (429, "Too many new domains"),
+    "domain-removing": (409, "Domain is being removed"),
+    "conflict": (409, "Domain conflicts"),
+}
+
+
+def _problem(exc: AliasError) -> Problem:
+    status, title = REFUSALS.get(exc.kind, (422, "Domain refused"))
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return Problem(status, exc.kind, title, str(exc), headers=headers)
 
 
 async def create(request: web.Request) -> web.Response:
@@ -72,61 +74,17 @@ async def create(request: web.Request) -> web.Response:
     if unknown:
         raise Problem(400, "unknown-field", "Unknown field",
                       "only 'domain' and 'frontends' are accepted")  # never quotes the input
-    policy = certd.config.domains
-    domain = _domain(data.get("domain"), policy)
-    frontends = data.get("frontends", policy.default_frontends)
-    if (not isinstance(frontends, list) or not frontends
-            or not all(isinstance(f, str) and f in certd.config.frontends for f in frontends)):
-        raise Problem(422, "invalid-frontends", "Unknown or missing frontends",
-                      "frontends must list configured frontend groups "
-                      "(or set domains.default_frontends)")
-    who = request[TOKEN_NAME]
-    existing = await certd.store.get_alias(domain)
-    if existing is not None:
-        _refuse_removing(existing)
-        return web.json_response(await domain_view(request, existing), status=200,
-                                 headers={"Location": f"/api/v1/domains/{domain}"})
-    now = utcnow()
-    used = await certd.store.ledger_times(QUOTA, who, now - QUOTA_WINDOW)
-    if len(used) >= policy.per_token_per_hour:
-        retry = int((used[len(used) - policy.per_token_per_hour] + QUOTA_WINDOW - now)
-                    .total_seconds()) + 1
-        raise Problem(429, "quota", "Too many new domains",
-                      f"{policy.per_token_per_hour} per hour for this token",
-                      headers={"Retry-After": str(max(1, retry))})
     try:
-        alias, created = await certd.add_alias(Alias(domain, tuple(dict.fromkeys(frontends)),
-                                                     who, now))
-    except StoreError:
-        raise  # not a conflict: the errors middleware answers 503 store-unavailable
-    except CertdError as exc:
-        raise Problem(409, "conflict", "Domain conflicts", str(exc)) from None
-    if not created:  # a concurrent request won the race
-        _refuse_removing(alias)
-        return web.json_response(await domain_view(request, alias), status=200,
-                                 headers={"Location": f"/api/v1/domains/{domain}"})
-    await certd.store.ledger_add(QUOTA, [who], now)
-    await certd.store.add_event(Event("api.domain.add", f"api[{who}]: add {domain}",
-                                      certificate=domain, data={"token": who,
-                                                                "frontends": list(frontends)}))
-
-    async def work() -> None:
-        try:
-            if await certd.renew(domain, wait=True) is not None:
-                await certd.deploy(domain, only_stale=True)
-        except CertdError as exc:
-            log.warning("api: %s: %s", domain, exc)
-
-    background(request, work())
-    return web.json_response(await domain_view(request, alias), status=202,
-                             headers={"Location": f"/api/v1/domains/{domain}"})
-
-
-def _refuse_removing(alias: Alias) -> None:
-    if alias.removing:
-        raise Problem(409, "domain-removing", "Domain is being removed",
-                      f"{alias.domain} is being removed from the nodes; add it again once "
-                      "GET answers 404", headers={"Retry-After": "10"})
+        added = await aliases.add(certd, data.get("domain"),
+                                  data.get("frontends", aliases.DEFAULT),
+                                  who=request[TOKEN_NAME])
+    except AliasError as exc:
+        raise _problem(exc) from None
+    location = {"Location": f"/api/v1/domains/{added.alias.domain}"}
+    if added.created:
+        background(request, aliases.issue_and_deploy(certd, added.alias.domain))
+    return web.json_response(await domain_view(request, added.alias),
+                             status=202 if added.created else 200, headers=location)
 
 
 async def _get_alias(request: web.Request) -> Alias:
@@ -180,20 +138,8 @@ async def remove(request: web.Request) -> web.Response:
     alias = await _get_alias(request)
     revoke = _flag(request, "revoke")
     certd = certd_of(request)
-    who = request[TOKEN_NAME]
-    await certd.store.add_event(Event(
-        "api.domain.remove", f"api[{who}]: remove {alias.domain}"
-        + (" and revoke its certificate" if revoke else ""),
-        certificate=alias.domain, data={"token": who, "revoke": revoke}))
-
-    async def work() -> None:
-        try:
-            await certd.remove_alias(alias.domain, revoke=revoke)
-        except CertdError as exc:
-            log.warning("api: remove %s: %s", alias.domain, exc)
-
-    await certd.store.mark_alias_removing(alias.domain)
-    background(request, work())
+    await aliases.request_removal(certd, alias, request[TOKEN_NAME], revoke=revoke)
+    background(request, aliases.finish_removal(certd, alias.domain, revoke=revoke))
     return web.json_response({"domain": alias.domain, "status": "removing", "revoke": revoke},
                              status=202)
 

@@ -57,7 +57,8 @@ async def run(config: Config, source: Source, *, dry_run: bool = False, replace:
     """Plan the import of `source`; unless `dry_run` or the plan has problems, write it; with
     `deploy`, push what was imported to its nodes at once (else the next sweep or
     `certd deploy NAME` does). A dry run before the store exists does not create it."""
-    if dry_run and not config.database_path.exists():
+    database = config.database_path  # None: not a file (the store is opened to plan)
+    if dry_run and database is not None and not database.exists():
         plan = await make_plan(config, list(_configured_specs(config).values()), None, source,
                                utcnow(), replace=replace, account=account)
         return Outcome(plan)

@@ -3,32 +3,47 @@ revoke.failed, ...) go through the same alerting path as the monitor's findings.
 
 The forwarder follows the event log by id, so failures recorded by any process sharing the
 store (the daemon, `certd renew` from a shell, the API) reach the notifiers. It starts at the
-newest event when the daemon starts: history is not replayed on restart."""
+newest event when the daemon starts: history is not replayed on restart.
+
+Ids are handed out when an event is written but become visible when its transaction commits,
+and with several writers (PostgreSQL, several instances) a smaller id can commit after a
+larger one. So the cursor is not "the last id seen": it is a floor below which every event
+is settled (the floor moves up to events recorded more than SETTLE ago: no unit of work
+stays open that long, so an id still missing below one of them never commits), and the
+events above it that were already sent are remembered, so a late one is sent once and none
+twice. Each call reads again what was recorded in the last SETTLE."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
-from certd.model import SEVERITY_RANK, Event, Notification, Severity
+from certd.model import SEVERITY_RANK, Event, Notification, Severity, utcnow
 from certd.monitor.alerts import AlertBook
 from certd.store.base import Store
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+SETTLE = timedelta(minutes=2)
 
 
 class EventForwarder:
     def __init__(self, store: Store, alerts: AlertBook, *,
-                 min_severity: Severity = Severity.ERROR):
+                 min_severity: Severity = Severity.ERROR,
+                 clock: Callable[[], datetime] = utcnow):
         self.store = store
         self.alerts = alerts
         self.min_rank = SEVERITY_RANK[min_severity]
-        self.after: int | None = None
+        self.clock = clock
+        self.after: int | None = None  # the floor: every event up to it is handled
+        self._seen: set[int] = set()  # handled events above the floor
 
     async def start(self) -> None:
         """Follow from the newest event on (call before anything records new ones)."""
         self.after = await self.store.last_event_id()
+        self._seen.clear()
 
     async def forward(self) -> int:
         """Send what was recorded since the last call; returns how many events were sent."""
@@ -36,15 +51,25 @@ class EventForwarder:
             await self.start()
             return 0
         sent = 0
+        settled_before = self.clock() - SETTLE
+        floor, cursor = self.after, self.after
         for _ in range(100):  # bounded: at most 100 batches per call
-            events = await self.store.events_since(self.after, BATCH)
+            events = await self.store.events_since(cursor, BATCH)
             for event in events:
-                self.after = event.id
-                if SEVERITY_RANK[event.severity] >= self.min_rank:
-                    await self.alerts.notify(notification(event))
-                    sent += 1
+                cursor = event.id
+                if event.id not in self._seen:
+                    self._seen.add(event.id)
+                    if SEVERITY_RANK[event.severity] >= self.min_rank:
+                        await self.alerts.notify(notification(event))
+                        sent += 1
+                if event.at < settled_before:
+                    # recorded long ago: an id below it that is still missing belongs to a
+                    # unit of work that never committed
+                    floor = max(floor, event.id)
             if len(events) < BATCH:
                 break
+        self.after = floor
+        self._seen = {i for i in self._seen if i > floor}
         return sent
 
 

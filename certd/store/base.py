@@ -20,6 +20,7 @@ Contract, for every implementation (SQLite now, PostgreSQL later):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -55,6 +56,13 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    def transaction(self) -> AbstractAsyncContextManager[None]:
+        """A unit of work: `async with store.transaction():` — the calls this task makes
+        inside commit together or not at all (an exception, a crash or kill -9 between them
+        leaves none of them). Nested units are part of the outer one. Other tasks' calls are
+        not part of it (they wait, or run on their own connection)."""
+        ...
+
     # ACME account, one per directory URL
     async def get_account(self, directory: str) -> Account | None: ...
 
@@ -70,7 +78,11 @@ class Store(Protocol):
         write lock, neither another process's nor a write pending in this one (SQLite: its
         own read-only connection; WAL readers never wait for writers). It sees every
         committed challenge at once, including those another process (the CLI) wrote: no
-        cache. Raises StoreError if the store cannot be read within about a second."""
+        cache (PostgreSQL: a cache per instance that LISTEN/NOTIFY keeps, and a token it
+        does not hold is read from the database: a new token is seen at once, another
+        instance's replacement or deletion of a held one within milliseconds; it answers
+        through a database outage what it holds: certd/store/pg_challenges.py). Raises
+        StoreError if the store cannot be read within about a second."""
         ...
 
     async def delete_challenge(self, token: str) -> None: ...

@@ -9,18 +9,20 @@ import secrets
 from pathlib import Path
 
 
-def problems(state_dir: Path, database: Path) -> list[str]:
+def problems(state_dir: Path, database: Path | None) -> list[str]:
     """One line per problem ('state_dir /var/lib/certd: not writable: Read-only file
     system'); empty when certd can create, write and fsync files where it keeps its state
-    and read and write an existing database."""
+    and read and write an existing SQLite database (`database`; None for a store that is
+    not a file, whose reachability is its own open's business)."""
     out = []
     directories = {state_dir: "state_dir"}
-    directories.setdefault(database.parent, "database directory")
+    if database is not None:
+        directories.setdefault(database.parent, "database directory")
     for directory, what in directories.items():
         problem = _directory(directory)
         if problem:
             out.append(f"{what} {directory}: {problem}")
-    if not out:
+    if not out and database is not None:
         for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
             problem = _file(path)
             if problem:

@@ -1,16 +1,18 @@
 """Versioned schema. Append a new list of statements; never edit a released one.
 
-The SQL stays portable (no SQLite-only types), so the PostgreSQL store can share it.
+The SQLite store's; the PostgreSQL store numbers its own, in native types (pg_schema.py).
 Times are ISO-8601 UTC text with microseconds, which sorts like the times themselves.
 """
 
 
-def newer_schema(version: int) -> str | None:
+def newer_schema(version: int, known: int | None = None) -> str | None:
     """Why this certd must not touch a store at schema `version` (None if it may): a
-    downgrade is refused, never attempted. Said at open and at restore."""
-    if version <= len(MIGRATIONS):
+    downgrade is refused, never attempted. Said at open and at restore. `known`: the newest
+    version this certd has (default: SQLite's; the PostgreSQL store numbers its own)."""
+    known = len(MIGRATIONS) if known is None else known
+    if version <= known:
         return None
-    return (f"store schema {version} is newer than this certd (knows up to {len(MIGRATIONS)}): "
+    return (f"store schema {version} is newer than this certd (knows up to {known}): "
             "upgrade certd or restore a backup taken by this version")
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,6 +77,42 @@ class SqliteStore:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        # every call on the main connection takes its turn under one lock, and a unit of
+        # work keeps it from BEGIN to COMMIT for the task that owns it: no other task's
+        # statement can run inside someone else's transaction
+        self._turns = asyncio.Lock()
+        self._unit_task: asyncio.Task | None = None
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        if self._unit_task is not None and asyncio.current_task() is self._unit_task:
+            yield  # inside this task's own unit of work
+            return
+        async with self._turns:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """A unit of work: the store calls this task makes inside commit together or not at
+        all; an error or a kill -9 between them leaves none. Nested: part of the outer.
+        Other tasks' calls wait until it ends (the body must not wait for them)."""
+        task = asyncio.current_task()
+        if task is not None and task is self._unit_task:
+            yield
+            return
+        async with self._turns:
+            self._unit_task = task
+            try:
+                await self._exec("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+                await self._exec("COMMIT")
+            finally:
+                self._unit_task = None
+        await self._durable()
 
     async def open(self) -> None:
         try:
@@ -82,21 +120,7 @@ class SqliteStore:
             if not self.path.exists():
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
-            self._db = await aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT,
-                                               isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit survives a crash or kill -9 (consistency never
-            # depends on it); only a power cut can drop the last commits. What must survive
-            # even that (a new certificate and its key, the account) is checkpointed at once.
-            await self._db.execute("PRAGMA synchronous=NORMAL")
-            await self._db.execute("PRAGMA foreign_keys=ON")
-            # deleted and overwritten content (a wiped key, an order's key set to NULL) is
-            # zeroed in the database file instead of lingering in free space. Not covered:
-            # the WAL (old page images stay in it until a checkpoint copies them and the next
-            # write cycle overwrites it; wipe_keys/destroy_keys checkpoint), backups and
-            # copies of the file, and the filesystem's or the disk's own remapping.
-            await self._db.execute("PRAGMA secure_delete=ON")
+            self._db = await self._writer()
             await self._migrate()
             await self._check_writable()
             # mode=ro: this connection can never take the write lock, and in WAL mode a
@@ -111,6 +135,27 @@ class SqliteStore:
         except BaseException:  # a newer schema, a cancellation: never leave the connection
             await self.close()
             raise
+
+    async def _writer(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a crash or kill -9 (consistency never
+            # depends on it); only a power cut can drop the last commits. What must survive
+            # even that (a new certificate and its key, the account) is checkpointed at once.
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            # deleted and overwritten content (a wiped key, an order's key set to NULL) is
+            # zeroed in the database file instead of lingering in free space. Not covered:
+            # the WAL (old page images stay in it until a checkpoint copies them and the next
+            # write cycle overwrites it; wipe_keys/destroy_keys checkpoint), backups and
+            # copies of the file, and the filesystem's or the disk's own remapping.
+            await db.execute("PRAGMA secure_delete=ON")
+        except BaseException:
+            await db.close()
+            raise
+        return db
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -163,14 +208,15 @@ class SqliteStore:
 
     async def _exec(self, sql: str, params: tuple | dict = ()) -> int:
         try:
-            async with self.db.execute(sql, params) as cur:
+            async with self._turn(), self.db.execute(sql, params) as cur:
                 return cur.rowcount
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}") from exc
 
     async def _all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         try:  # one trip to aiosqlite's thread (execute + fetch + close would be three)
-            return list(await self.db.execute_fetchall(sql, params))
+            async with self._turn():
+                return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}") from exc
 
@@ -180,11 +226,11 @@ class SqliteStore:
 
     async def _durable(self) -> None:
         """fsync the WAL and copy it into the database file (a passive checkpoint); inside a
-        caller's transaction, the caller's COMMIT comes first."""
-        if self.db.in_transaction:
+        caller's unit of work, the unit's COMMIT comes first."""
+        if self._unit_task is not None and asyncio.current_task() is self._unit_task:
             return
         try:
-            async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+            async with self._turn(), self.db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
                 await cur.fetchall()  # a pragma left unread keeps its statement active
         except sqlite3.OperationalError as exc:  # busy elsewhere: the commit still stands
             log.debug("sqlite[%s]: checkpoint skipped: %s", self.path, exc)
@@ -240,7 +286,7 @@ class SqliteStore:
     # certificates
     async def add_certificate(self, cert: IssuedCertificate) -> IssuedCertificate:
         try:
-            async with self.db.execute(
+            async with self._turn(), self.db.execute(
                 "INSERT INTO certificates (name, serial, domains, not_before, not_after, "
                 "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -384,7 +430,7 @@ class SqliteStore:
     # the request ledger (budget)
     async def ledger_add(self, kind: str, keys: list[str], at: datetime) -> None:
         try:
-            async with self.db.executemany(
+            async with self._turn(), self.db.executemany(
                 "INSERT INTO ledger (kind, key, at) VALUES (?, ?, ?)",
                 [(kind, key, _ts(at)) for key in keys],
             ):

@@ -16,19 +16,24 @@ import pytest
 
 from .a2c import Acme2Certifier
 from .lab import Lab
+from .postgres import PostgresCluster, postgres_cluster, postgres_database
 from .salt import SaltLab, salt_venv_missing
 from .sshd import SshLab, start_many
 
 # the fixtures that start lab processes: a test using any of them (directly or through
 # another fixture) is marked `lab`, so `-m "not lab"` starts none, whatever the file says
-LAB_FIXTURES = frozenset({"lab", "a2c", "ssh_nodes", "ssh_fleet", "salt_lab"})
+LAB_FIXTURES = frozenset({"lab", "a2c", "ssh_nodes", "ssh_fleet", "salt_lab",
+                          "postgres_cluster", "postgres_database"})
 
 __all__ = [
     "LAB_FIXTURES",
     "a2c",
     "lab",
+    "postgres_cluster",
+    "postgres_database",
     "pytest_collection_modifyitems",
     "pytest_runtest_makereport",
+    "pytest_runtest_makereport_postgres",
     "pytest_runtest_makereport_salt",
     "pytest_runtest_makereport_sshd",
     "salt_lab",
@@ -167,6 +172,18 @@ def pytest_runtest_makereport_salt(item: pytest.Item, call: pytest.CallInfo[None
     salt = getattr(item, "funcargs", {}).get("salt_lab")
     if report.failed and isinstance(salt, SaltLab):
         report.sections.append(("salt logs", salt.logs()))
+
+
+@pytest.hookimpl(hookwrapper=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_postgres(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Attach the tail of the PostgreSQL log to failed tests that used its cluster."""
+    outcome = yield
+    report = outcome.get_result()
+    cluster = getattr(item, "funcargs", {}).get("postgres_cluster")
+    database = getattr(item, "funcargs", {}).get("postgres_database")
+    cluster = cluster or getattr(database, "cluster", None)
+    if report.failed and isinstance(cluster, PostgresCluster):
+        report.sections.append(("postgres log", cluster.log_tail()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

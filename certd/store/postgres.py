@@ -1,0 +1,581 @@
+"""The shared store: PostgreSQL through asyncpg, for several certd instances on one database.
+
+`storage: postgresql://certd@db.example:5432/certd` with `storage_password_file:` (a file, or
+`$CREDENTIALS_DIRECTORY/NAME`), or a libpq `passfile` named in the URL. Connections, pools,
+the password and units of work: certd/store/pg_pool.py; the schema: pg_schema.py.
+
+Same contract as the SQLite store (certd/store/base.py), statement by statement:
+
+- Leases, bundle tokens and alias adds are single statements whose row lock decides the race
+  between instances (`INSERT ... ON CONFLICT ... WHERE`, `UPDATE ... RETURNING`).
+- Event ids are drawn under a transaction-scoped advisory lock, so they commit in the order
+  they were drawn and `events_since` never skips one committed late.
+- `get_key_authorization` answers from the instance's challenge cache, which LISTEN/NOTIFY
+  keeps fresh across instances (certd/store/pg_challenges.py); a token it does not hold is
+  read through a pool of its own: never queued behind this process's writes (and in
+  PostgreSQL a read never waits for another session's write lock).
+- Orders keep their insertion order in `seq` (SQLite's rowid); names and domains that are
+  listed in order compare as bytes (`COLLATE "C"`), as in SQLite.
+
+Not like SQLite: PostgreSQL has no `secure_delete`. A wiped key's old row version stays in
+the table file until VACUUM reuses its space, and in the WAL and its archives; keys
+encrypted at rest (issue 13, item 4) are the answer there.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+import asyncpg
+
+from certd.errors import StoreError
+from certd.model import (
+    Account,
+    Alert,
+    Alias,
+    AriState,
+    CertDetails,
+    CertificateState,
+    CertStatus,
+    CertSummary,
+    Challenge,
+    Deployment,
+    DeployStatus,
+    Event,
+    Finding,
+    IssuedCertificate,
+    Order,
+    Severity,
+)
+from certd.store.base import BundleGrant
+from certd.store.pg_challenges import ChallengeCache
+from certd.store.pg_pool import FAILURES, PgConnections
+from certd.store.pg_schema import EVENTS_LOCK
+
+PURGE_BATCH = 5000  # events deleted per statement by purge_events
+
+
+def _ts(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is None:
+        raise ValueError("naive datetime given to the store")
+    return dt
+
+
+class PostgresStore(PgConnections):
+    """Store on a PostgreSQL database (see the module's docstring)."""
+
+    challenges: ChallengeCache | None = None  # while open
+
+    async def open(self) -> None:
+        await super().open()
+        cache = ChallengeCache(self.name, self._new_connection)
+        try:
+            await cache.start()
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, FAILURES):
+                raise self._error(exc, "open: challenge cache: ") from exc
+            raise
+        self.challenges = cache
+
+    async def close(self) -> None:
+        cache, self.challenges = self.challenges, None
+        if cache is not None:
+            await cache.stop()
+        await super().close()
+
+    # -------------------------------------------------------------------- accounts
+
+    async def get_account(self, directory: str) -> Account | None:
+        row = await self._one("SELECT * FROM accounts WHERE directory = $1", directory)
+        if row is None:
+            return None
+        return Account(row["directory"], row["uri"], row["key_pem"], row["created_at"])
+
+    async def save_account(self, account: Account) -> None:
+        await self._exec(_SAVE_ACCOUNT, account.directory, account.uri, account.key_pem,
+                         _ts(account.created_at))
+
+    # ------------------------------------------------------------------ challenges
+
+    async def put_challenge(self, challenge: Challenge) -> None:
+        c = challenge
+        await self._exec(_PUT_CHALLENGE, c.token, c.key_authorization, c.certificate,
+                         c.authorization_url, _ts(c.expires_at))
+        self._wrote_challenge(c.token)
+
+    async def get_key_authorization(self, token: str, now: datetime) -> str | None:
+        """From this instance's challenge cache while it listens (no query); else, and for
+        a token it does not hold, from the database; from the cache again if the database
+        cannot answer (an outage) and the cache knows the token."""
+        now = _ts(now)
+        cache = self.challenges
+        if cache is not None:
+            known, answer = cache.answer(token, now)
+            if known:
+                return answer
+        seen = cache.changes if cache is not None else 0
+        try:
+            row = await self._lookup("challenge lookup", _KEY_AUTHORIZATION, token)
+        except StoreError:
+            if cache is not None:
+                known, answer = cache.answer(token, now, live_only=False)
+                if known:
+                    return answer
+            raise
+        if row is None:
+            return None
+        if cache is not None:
+            cache.remember(token, row["key_authorization"], row["expires_at"], seen)
+        return row["key_authorization"] if row["expires_at"] > now else None
+
+    def _wrote_challenge(self, token: str) -> None:
+        """This instance reads what it wrote: its cache forgets the token once committed
+        (the notification that follows brings the new answer)."""
+        cache = self.challenges
+        if cache is not None:
+            self._after_commit(lambda: cache.invalidate(token))
+
+    async def delete_challenge(self, token: str) -> None:
+        await self._exec("DELETE FROM challenges WHERE token = $1", token)
+        self._wrote_challenge(token)
+
+    async def purge_challenges(self, now: datetime) -> int:
+        return await self._exec("DELETE FROM challenges WHERE expires_at <= $1", _ts(now))
+
+    # ---------------------------------------------------------------- certificates
+
+    async def add_certificate(self, cert: IssuedCertificate) -> IssuedCertificate:
+        row = await self._one(
+            "INSERT INTO certificates (name, serial, domains, not_before, not_after, "
+            "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            cert.name, cert.serial, list(cert.domains), _ts(cert.not_before),
+            _ts(cert.not_after), cert.cert_pem, cert.chain_pem, cert.key_pem,
+            cert.fingerprint_sha256, _ts(cert.issued_at), cert.order_url)
+        return replace(cert, id=row["id"])
+
+    async def current_certificate(self, name: str) -> IssuedCertificate | None:
+        # a row whose key was destroyed (a removed alias) is history, never current
+        row = await self._one(
+            "SELECT * FROM certificates WHERE name = $1 AND key_pem <> '' "
+            "ORDER BY id DESC LIMIT 1", name)
+        return None if row is None else _cert(row)
+
+    async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]:
+        rows = await self._all(
+            "SELECT * FROM (SELECT * FROM certificates WHERE name = $1 ORDER BY id DESC "
+            "LIMIT $2) recent ORDER BY id", name, limit)
+        return [_cert(r) for r in rows]
+
+    # ----------------------------------------------------------------------- state
+
+    async def get_state(self, name: str) -> CertificateState | None:
+        row = await self._one("SELECT * FROM cert_state WHERE name = $1", name)
+        return None if row is None else _state(row)
+
+    async def put_state(self, state: CertificateState) -> None:
+        s = state
+        await self._exec(_PUT_STATE, s.name, s.status.value, s.last_error, s.attempts,
+                         _ts(s.next_attempt_at), _ts(s.updated_at))
+
+    # ---------------------------------------------------------------------- orders
+
+    async def save_order(self, order: Order) -> None:
+        o = order
+        await self._exec(_SAVE_ORDER, o.url, o.certificate, o.status, _ts(o.created_at), o.error,
+                         list(o.domains), o.key_pem, o.replaces)
+
+    async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]:
+        rows = await self._all(
+            "SELECT * FROM orders WHERE ($1::text IS NULL OR certificate = $1) "
+            "ORDER BY created_at DESC, seq DESC LIMIT $2", certificate, limit)
+        return [_order(r) for r in rows]
+
+    async def unfinished_orders(self) -> list[Order]:
+        rows = await self._all(
+            "SELECT * FROM (SELECT DISTINCT ON (certificate) * FROM orders "
+            "ORDER BY certificate, seq DESC) latest "
+            "WHERE status IN ('pending', 'ready', 'processing') "
+            "OR (status = 'valid' AND key_pem IS NOT NULL) ORDER BY seq")
+        return [_order(r) for r in rows]
+
+    # --------------------------------------------------------------------- aliases
+
+    async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
+        created = await self._exec(
+            "INSERT INTO aliases (domain, frontends, created_by, created_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (domain) DO NOTHING",
+            alias.domain, list(alias.frontends), alias.created_by, _ts(alias.created_at))
+        return await self.get_alias(alias.domain), created == 1
+
+    async def get_alias(self, domain: str) -> Alias | None:
+        row = await self._one("SELECT * FROM aliases WHERE domain = $1", domain)
+        return None if row is None else _alias(row)
+
+    async def list_aliases(self, *, limit: int | None = None, after: str | None = None
+                           ) -> list[Alias]:
+        # LIMIT NULL is no limit; the column is COLLATE "C": byte order, as in SQLite
+        if after is None:
+            rows = await self._all("SELECT * FROM aliases ORDER BY domain LIMIT $1", limit)
+        else:
+            rows = await self._all("SELECT * FROM aliases WHERE domain > $1 ORDER BY domain "
+                                   "LIMIT $2", after, limit)
+        return [_alias(r) for r in rows]
+
+    async def mark_alias_removing(self, domain: str) -> None:
+        await self._exec("UPDATE aliases SET removing = true WHERE domain = $1", domain)
+
+    async def delete_alias(self, domain: str) -> None:
+        await self._exec("DELETE FROM aliases WHERE domain = $1", domain)
+
+    # ------------------------------------------------------------------------- ARI
+
+    async def get_ari(self, name: str) -> AriState | None:
+        row = await self._one("SELECT * FROM ari WHERE name = $1", name)
+        return None if row is None else _ari(row)
+
+    async def put_ari(self, ari: AriState) -> None:
+        a = ari
+        await self._exec(_PUT_ARI, a.name, a.serial, _ts(a.window_start), _ts(a.window_end),
+                         _ts(a.renew_at), _ts(a.next_check_at), a.explanation_url,
+                         _ts(a.checked_at))
+
+    # ---------------------------------------------------------- the request ledger
+
+    async def ledger_add(self, kind: str, keys: list[str], at: datetime) -> None:
+        at = _ts(at)
+        await self._many("INSERT INTO ledger (kind, key, at) VALUES ($1, $2, $3)",
+                         [(kind, key, at) for key in keys])
+
+    async def ledger_times(self, kind: str, key: str, since: datetime) -> list[datetime]:
+        rows = await self._all(
+            "SELECT at FROM ledger WHERE kind = $1 AND key = $2 AND at > $3 ORDER BY at",
+            kind, key, _ts(since))
+        return [r["at"] for r in rows]
+
+    async def ledger_purge(self, before: datetime) -> int:
+        return await self._exec("DELETE FROM ledger WHERE at <= $1", _ts(before))
+
+    # ------------------------------------------------------------- the bulk reads
+
+    async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
+                                                AriState | None]]:
+        out: dict[str, list] = {}
+        for r in await self._all(_LATEST_CERTS.format(where="")):
+            out.setdefault(r["name"], [None, None, None])[0] = _summary(r)
+        for r in await self._all("SELECT * FROM cert_state"):
+            out.setdefault(r["name"], [None, None, None])[1] = _state(r)
+        for r in await self._all("SELECT * FROM ari"):
+            out.setdefault(r["name"], [None, None, None])[2] = _ari(r)
+        return {name: tuple(v) for name, v in out.items()}
+
+    async def details(self, names: Sequence[str]) -> dict[str, CertDetails]:
+        names = list(dict.fromkeys(names))
+        if not names:
+            return {}
+        certs = {r["name"]: _summary(r) for r in await self._all(
+            _LATEST_CERTS.format(where="AND name = ANY($1::text[])"), names)}
+        states = {r["name"]: _state(r) for r in await self._all(
+            "SELECT * FROM cert_state WHERE name = ANY($1::text[])", names)}
+        aris = {r["name"]: _ari(r) for r in await self._all(
+            "SELECT * FROM ari WHERE name = ANY($1::text[])", names)}
+        deps: dict[str, list[Deployment]] = {}
+        for r in await self._all("SELECT * FROM deployments WHERE certificate = ANY($1::text[]) "
+                                 "ORDER BY certificate, frontend, node", names):
+            deps.setdefault(r["certificate"], []).append(_deployment(r))
+        return {name: CertDetails(certs.get(name), states.get(name), aris.get(name),
+                                  tuple(deps.get(name, ()))) for name in names}
+
+    # ----------------------------------------------------------------- deployments
+
+    async def put_deployment(self, deployment: Deployment) -> None:
+        d = deployment
+        await self._exec(_PUT_DEPLOYMENT, d.certificate, d.frontend, d.node, d.serial,
+                         d.status.value, d.message, _ts(d.updated_at), d.batch, d.seconds)
+
+    async def deployments(self, certificate: str) -> list[Deployment]:
+        rows = await self._all(
+            "SELECT * FROM deployments WHERE certificate = $1 ORDER BY frontend, node",
+            certificate)
+        return [_deployment(r) for r in rows]
+
+    # ---------------------------------------------------------------------- events
+
+    async def add_event(self, event: Event) -> None:
+        # the advisory lock is taken (by the CTE) before the row's id is drawn and held to
+        # the commit: ids commit in order across every instance
+        e = event
+        await self._exec(
+            "WITH turn AS (SELECT pg_advisory_xact_lock($1)) "
+            "INSERT INTO events (at, kind, severity, certificate, node, message, data) "
+            "SELECT $2::timestamptz, $3::text, $4::text, $5::text, $6::text, $7::text, "
+            "$8::json FROM turn",
+            EVENTS_LOCK, _ts(e.at), e.kind, e.severity.value, e.certificate, e.node,
+            e.message, json.dumps(e.data))
+
+    async def events(
+        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[Event]:
+        rows = await self._all(
+            "SELECT * FROM events WHERE ($1::text IS NULL OR certificate = $1) "
+            "AND ($2::text IS NULL OR kind = $2) ORDER BY id DESC LIMIT $3",
+            certificate, kind, limit)
+        return [_event(r) for r in rows]
+
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        rows = await self._all("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+                               after_id, limit)
+        return [_event(r) for r in rows]
+
+    async def event_counts(self) -> dict[str, int]:
+        # kept by the events_counted trigger: one row per kind, not a scan
+        return {r["kind"]: r["count"] for r in await self._all(
+            "SELECT kind, count FROM event_counts")}
+
+    async def purge_events(self, before: datetime) -> int:
+        # in batches, so no statement holds many row locks for long; the newest event
+        # always stays, as in SQLite (there it keeps ids from going backwards)
+        total = 0
+        while True:
+            n = await self._exec(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 "
+                "AND id < (SELECT MAX(id) FROM events) ORDER BY id LIMIT $2)",
+                _ts(before), PURGE_BATCH)
+            total += n
+            if n < PURGE_BATCH:
+                return total
+
+    async def last_event_id(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(id), 0) AS id FROM events")
+        return row["id"]
+
+    # ------------------------------------------- retention of private keys (issue 10)
+
+    async def wipe_keys(self, name: str | None = None, *,
+                        superseded_before: datetime) -> int:
+        certs = await self._exec(
+            "UPDATE certificates c SET key_pem = '' WHERE c.key_pem <> '' "
+            "AND ($1::text IS NULL OR c.name = $1) AND EXISTS (SELECT 1 FROM certificates n "
+            "WHERE n.name = c.name AND n.id > c.id AND n.key_pem <> '' "
+            "AND n.issued_at <= $2)",
+            name, _ts(superseded_before))
+        orders = await self._exec(
+            "UPDATE orders o SET key_pem = NULL WHERE o.key_pem IS NOT NULL "
+            "AND ($1::text IS NULL OR o.certificate = $1) AND (o.status = 'invalid' "
+            "OR EXISTS (SELECT 1 FROM certificates c WHERE c.order_url = o.url) "
+            "OR o.seq < (SELECT MAX(l.seq) FROM orders l WHERE l.certificate = o.certificate))",
+            name)
+        return certs + orders
+
+    async def destroy_keys(self, name: str) -> int:
+        async with self.transaction():
+            certs = await self._exec(
+                "UPDATE certificates SET key_pem = '' WHERE name = $1 AND key_pem <> ''", name)
+            orders = await self._exec(
+                "UPDATE orders SET key_pem = NULL WHERE certificate = $1 "
+                "AND key_pem IS NOT NULL", name)
+            # an unfinished order is abandoned with its key: a re-added alias orders afresh
+            await self._exec(
+                "UPDATE orders SET status = 'invalid', error = 'abandoned: keys destroyed' "
+                "WHERE certificate = $1 AND status IN ('pending', 'ready', 'processing')", name)
+            for r in await self._all("DELETE FROM challenges WHERE certificate = $1 "
+                                     "RETURNING token", name):
+                self._wrote_challenge(r["token"])
+        return certs + orders
+
+    # ---------------------------------------------------------------------- leases
+
+    async def acquire_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
+        # one statement: the row lock of the upsert decides between instances; a row comes
+        # back only if this owner inserted, extended, or took over an expired lease
+        row = await self._one(
+            "INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+            "expires_at = excluded.expires_at "
+            "WHERE leases.owner = excluded.owner OR leases.expires_at <= $4 RETURNING owner",
+            name, owner, _ts(until), _ts(now))
+        return row is not None
+
+    async def lease_holder(self, name: str, now: datetime) -> str | None:
+        row = await self._one("SELECT owner FROM leases WHERE name = $1 AND expires_at > $2",
+                              name, _ts(now))
+        return None if row is None else row["owner"]
+
+    async def take_over_lease(self, name: str, old_owner: str, owner: str,
+                              until: datetime) -> bool:
+        changed = await self._exec(
+            "UPDATE leases SET owner = $1, expires_at = $2 WHERE name = $3 AND owner = $4",
+            owner, _ts(until), name, old_owner)
+        return changed == 1
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._exec("DELETE FROM leases WHERE name = $1 AND owner = $2", name, owner)
+
+    # ---------------------------------------------------------------------- alerts
+
+    async def active_alerts(self) -> list[Alert]:
+        rows = await self._all("SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY key")
+        return [_alert(r) for r in rows]
+
+    async def put_alert(self, alert: Alert) -> None:
+        await self.put_alerts([alert])
+
+    async def put_alerts(self, alerts: list[Alert]) -> None:
+        await self._many(_PUT_ALERT, [
+            (a.finding.key, a.finding.check, a.finding.severity.value, a.finding.domain,
+             a.finding.node, a.finding.message, a.finding.certificate, a.finding.serial,
+             _ts(a.finding.not_after), a.finding.days_remaining, _ts(a.first_seen),
+             _ts(a.last_seen), _ts(a.notified_at),
+             a.notified_severity.value if a.notified_severity else None, _ts(a.resolved_at))
+            for a in alerts])
+
+    async def resolve_alerts(self, keys: list[str], at: datetime) -> None:
+        if keys:
+            await self._exec(
+                "UPDATE alerts SET resolved_at = $1 WHERE resolved_at IS NULL "
+                "AND key = ANY($2::text[])", _ts(at), list(keys))
+
+    async def purge_resolved(self, before: datetime) -> int:
+        return await self._exec("DELETE FROM alerts WHERE resolved_at < $1", _ts(before))
+
+    # ------------------------------------------------- Salt pull mode: bundle tokens
+
+    async def create_bundle_token(self, token_sha256: str, *, batch: str, minion: str,
+                                  items: Sequence[tuple[str, str]], now: datetime,
+                                  expires_at: datetime) -> None:
+        await self._exec(
+            "INSERT INTO bundle_tokens (token_sha256, batch, minion, items, created_at, "
+            "expires_at) VALUES ($1, $2, $3, $4::json, $5, $6)",
+            token_sha256, batch, minion, json.dumps([list(i) for i in items]), _ts(now),
+            _ts(expires_at))
+
+    async def take_bundle_token(self, token_sha256: str, batch: str, now: datetime
+                                ) -> BundleGrant | None:
+        now = _ts(now)
+        # the batch's few digests compared in constant time here, not by the index lookup
+        known = await self._all("SELECT token_sha256 FROM bundle_tokens WHERE batch = $1",
+                                batch)
+        match = None
+        for r in known:
+            if hmac.compare_digest(r["token_sha256"].encode(), token_sha256.encode()):
+                match = r["token_sha256"]
+        if match is None:
+            return None
+        # one UPDATE: of concurrent takes, the row lock lets one through; the others see
+        # used_at set when they get the row and match nothing
+        row = await self._one(
+            "UPDATE bundle_tokens SET used_at = $1 WHERE token_sha256 = $2 AND batch = $3 "
+            "AND used_at IS NULL AND expires_at > $1 RETURNING batch, minion, items",
+            now, match, batch)
+        if row is None:
+            return None
+        items = tuple((str(c), str(s)) for c, s in json.loads(row["items"]))
+        return BundleGrant(row["batch"], row["minion"], items)
+
+    async def expire_bundle_tokens(self, now: datetime, batch: str | None = None) -> int:
+        return await self._exec(
+            "DELETE FROM bundle_tokens WHERE expires_at <= $1 OR batch = $2",
+            _ts(now), batch if batch is not None else "")
+
+
+# expired or not: the cache keeps the expiry and compares it at each answer
+_KEY_AUTHORIZATION = "SELECT key_authorization, expires_at FROM challenges WHERE token = $1"
+
+_LATEST_CERTS = (
+    "SELECT DISTINCT ON (name) name, serial, domains, not_before, not_after, issued_at, "
+    "fingerprint_sha256 FROM certificates WHERE key_pem <> '' {where} ORDER BY name, id DESC"
+)
+
+def _upsert(table: str, columns: str, key: str, keep: str = "") -> str:
+    """INSERT of every column in `columns` (in order: $1, $2, ...), or, for a row with the
+    same `key`, an UPDATE of every column not in `key` nor in `keep`."""
+    cols = columns.split()
+    fixed = set(key.split()) | set(keep.split())
+    marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in fixed)
+    return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(key.split())}) DO UPDATE SET {sets}")
+
+
+# saving an account again keeps its creation time; an order keeps what it was placed with
+_SAVE_ACCOUNT = _upsert("accounts", "directory uri key_pem created_at", "directory",
+                        keep="created_at")
+_PUT_CHALLENGE = _upsert("challenges",
+                         "token key_authorization certificate authorization_url expires_at",
+                         "token")
+_PUT_STATE = _upsert("cert_state",
+                     "name status last_error attempts next_attempt_at updated_at", "name")
+_SAVE_ORDER = _upsert("orders",
+                      "url certificate status created_at error domains key_pem replaces", "url",
+                      keep="certificate created_at domains replaces")
+_PUT_ARI = _upsert("ari", "name serial window_start window_end renew_at next_check_at "
+                   "explanation_url checked_at", "name")
+_PUT_DEPLOYMENT = _upsert("deployments", "certificate frontend node serial status message "
+                          "updated_at batch seconds", "certificate frontend node")
+_PUT_ALERT = _upsert("alerts", "key check_id severity domain node message certificate serial "
+                     "not_after days_remaining first_seen last_seen notified_at "
+                     "notified_severity resolved_at", "key")
+
+
+def _state(r: asyncpg.Record) -> CertificateState:
+    return CertificateState(name=r["name"], status=CertStatus(r["status"]),
+                            last_error=r["last_error"], attempts=r["attempts"],
+                            next_attempt_at=r["next_attempt_at"], updated_at=r["updated_at"])
+
+
+def _summary(r: asyncpg.Record) -> CertSummary:
+    return CertSummary(r["name"], r["serial"], tuple(r["domains"]), r["not_before"],
+                       r["not_after"], r["issued_at"], r["fingerprint_sha256"])
+
+
+def _order(r: asyncpg.Record) -> Order:
+    return Order(r["certificate"], r["url"], r["status"], r["created_at"], r["error"],
+                 tuple(r["domains"] or ()), r["key_pem"], r["replaces"])
+
+
+def _event(r: asyncpg.Record) -> Event:
+    return Event(kind=r["kind"], message=r["message"], severity=Severity(r["severity"]),
+                 certificate=r["certificate"], node=r["node"], data=json.loads(r["data"]),
+                 at=r["at"], id=r["id"])
+
+
+def _deployment(r: asyncpg.Record) -> Deployment:
+    return Deployment(r["certificate"], r["frontend"], r["node"], r["serial"],
+                      DeployStatus(r["status"]), r["message"], r["updated_at"], r["batch"],
+                      r["seconds"])
+
+
+def _alias(r: asyncpg.Record) -> Alias:
+    return Alias(r["domain"], tuple(r["frontends"]), r["created_by"], r["created_at"],
+                 r["removing"])
+
+
+def _ari(r: asyncpg.Record) -> AriState:
+    return AriState(name=r["name"], serial=r["serial"], window_start=r["window_start"],
+                    window_end=r["window_end"], renew_at=r["renew_at"],
+                    next_check_at=r["next_check_at"], explanation_url=r["explanation_url"],
+                    checked_at=r["checked_at"])
+
+
+def _cert(r: asyncpg.Record) -> IssuedCertificate:
+    return IssuedCertificate(
+        name=r["name"], serial=r["serial"], domains=tuple(r["domains"]),
+        not_before=r["not_before"], not_after=r["not_after"], cert_pem=r["cert_pem"],
+        chain_pem=r["chain_pem"], key_pem=r["key_pem"],
+        fingerprint_sha256=r["fingerprint_sha256"], issued_at=r["issued_at"],
+        order_url=r["order_url"], id=r["id"])
+
+
+def _alert(r: asyncpg.Record) -> Alert:
+    finding = Finding(
+        check=r["check_id"], severity=Severity(r["severity"]), domain=r["domain"],
+        node=r["node"], message=r["message"], certificate=r["certificate"], serial=r["serial"],
+        not_after=r["not_after"], days_remaining=r["days_remaining"])
+    notified = r["notified_severity"]
+    return Alert(finding, r["first_seen"], r["last_seen"], r["notified_at"],
+                 None if notified is None else Severity(notified), r["resolved_at"])
