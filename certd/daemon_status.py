@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from certd.model import CertStatus
+from certd.model import CertStatus, DeployStatus
 from certd.sdnotify import Notifier
 from certd.sweep import Sweeper
 
@@ -26,16 +26,27 @@ POLL_SECONDS = 2
 @dataclass(frozen=True)
 class Counts:
     due: int  # certificates a sweep would order now (missing, due, expired, to resume)
-    failing: int  # certificates whose last attempt failed (backing off)
+    failing: int  # the last order failed (backing off), or a node refused the current one
 
 
 async def count(sweeper: Sweeper) -> Counts:
     overview = await sweeper.store.overview()
     decision = await sweeper.decide(overview)
     names = {s.name for s in sweeper.certd.specs()}
-    failing = sum(1 for name, (_, state, _) in overview.items()
-                  if name in names and state is not None and state.status is CertStatus.FAILED)
-    return Counts(len(decision.due), failing)
+    failed = {name for name, (_, state, _) in overview.items()
+              if name in names and state is not None and state.status is CertStatus.FAILED}
+    # issued but not yet deployed everywhere: failing if a node refused the current serial
+    # (usually a handful: the others are deployed)
+    undeployed = [name for name, (cert, state, _) in overview.items()
+                  if name in names and cert is not None and state is not None
+                  and state.status is CertStatus.ISSUED]
+    if undeployed:
+        details = await sweeper.store.details(undeployed)
+        failed |= {name for name in undeployed
+                   if any(d.serial == overview[name][0].serial
+                          and d.status is DeployStatus.FAILED
+                          for d in details[name].deployments)}
+    return Counts(len(decision.due), len(failed))
 
 
 def status_line(certificates: int, counts: Counts | None, last_sweep: datetime | None) -> str:
