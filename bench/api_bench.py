@@ -1,12 +1,17 @@
-"""A store with N API aliases (custom domains): start `certd run` on it, wait for its first
-sweep (every alias is due and fails fast at an unreachable CA), then load the REST API with C
-concurrent clients: GET /api/v1/domains?limit=100 and GET /api/v1/domains/<random alias> for
-D seconds each (p50/p99 latency, requests/s), then a burst of P new-domain POSTs (202/s).
+"""A store with N API aliases (custom domains): start `certd run` on it with W API worker
+processes (`api.workers`), wait for its first sweep (every alias is due and fails fast at an
+unreachable CA), then, for GET /api/v1/domains?limit=100 and GET /api/v1/domains/<random
+alias>: an open-loop load at a fixed rate (R requests/s for D seconds, each request sent at
+its scheduled time whatever the others do, its latency counted from that time: p50/p99), then
+the saturation throughput with C closed-loop clients (wrk, or aiohttp); then a burst of P
+new-domain POSTs (202/s). Repeated for each W given.
 
-    .venv/bin/python bench/api_bench.py [-n 10000] [-c 50] [-d 10] [--posts 500]
+    .venv/bin/python bench/api_bench.py [-n 10000] [--workers 1 2] [--rate 500] [-c 50]
+                                        [-d 10] [--posts 500]
 
-Uses wrk (Debian package `wrk`) for the GETs if it is installed, else an aiohttp load
-generator. Not a test: no assertion. Target: read p99 under 50 ms at 50 concurrent clients.
+wrk (Debian package `wrk`) is closed-loop, so it only measures the saturation; the fixed
+rate comes from an aiohttp generator in this file (wrk2 is not packaged). Not a test: no
+assertion. Target: read p99 under 50 ms at an offered load of 500 requests/s.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._proc import free_port, rss_mb, stop  # noqa: E402
-from certd.model import Alias, utcnow  # noqa: E402
-from certd.store.sqlite import SqliteStore  # noqa: E402
+from bench._proc import free_port, rss_mb, stop
+from certd.model import Alias, utcnow
+from certd.store.sqlite import SqliteStore
 
 TOKEN = "bench-" + "0123456789abcdef" * 2
 SUFFIXES = ["example.com", "example.org", "example.net", "shop.example.co.uk"]
@@ -41,14 +46,15 @@ def alias_domain(i: int) -> str:
     return f"d{i:05d}.{SUFFIXES[i % len(SUFFIXES)]}"
 
 
-def config_data(root: Path, api_port: int) -> dict:
+def config_data(root: Path, api_port: int, workers: int = 1) -> dict:
     return {
         "state_dir": str(root / "state"),
         "log_level": "info",
         # nothing listens here: every order (sweep or POST) fails at once and backs off
         "acme": {"directory": f"https://127.0.0.1:{free_port()}/dir", "timeout": "2s"},
         "challenge": {"listen": f"127.0.0.1:{free_port()}"},
-        "api": {"listen": f"127.0.0.1:{api_port}", "tokens_file": str(root / "api-tokens")},
+        "api": {"listen": f"127.0.0.1:{api_port}", "tokens_file": str(root / "api-tokens"),
+                "workers": workers},
         # the first sweep still runs at start; later ones would not come during the bench
         # and a long backoff, so the failed aliases' retry wake-up does not come either
         "renewal": {"sweep_interval": "24h", "max_concurrent": 50, "backoff": ["6h"]},
@@ -186,24 +192,86 @@ async def post_burst(base: str, n: int, clients: int, first: int) -> dict:
             "p99_ms": percentile(latencies, 99) * 1000}
 
 
+async def open_loop(base: str, paths: list[str], rate: float, seconds: float,
+                    connections: int = 256, warmup: float = 2.0) -> dict:
+    """`rate` requests/s for `seconds`, each sent at its scheduled time on a pool of up to
+    `connections` kept-alive connections (a late answer never delays the next request);
+    latency from the scheduled time to the end of the body, so a queue shows (no coordinated
+    omission). The first `warmup` seconds at the same rate are not counted (connections
+    opened, each process's page cache of the store warm)."""
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    rng = random.Random(3)
+    n = int(rate * seconds)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base, headers=headers, timeout=timeout,
+                                     connector=aiohttp.TCPConnector(limit=connections)) as http:
+        async def one(at: float, path: str) -> None:
+            nonlocal errors
+            try:
+                async with http.get(path) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+            except (TimeoutError, aiohttp.ClientError):
+                errors += 1
+            latencies.append(time.perf_counter() - at)
+
+        async def fire(count: int) -> float:
+            """`count` requests at `rate`, all answered; the seconds spent sending them."""
+            tasks = []
+            t0 = time.perf_counter() + 0.05
+            for i in range(count):
+                at = t0 + i / rate
+                delay = at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(at, rng.choice(paths))))
+            sent = time.perf_counter() - t0
+            await asyncio.gather(*tasks)
+            return sent
+
+        await fire(int(rate * warmup))
+        latencies.clear()
+        errors = 0
+        sent = await fire(n)
+    return {"requests": n, "rps": n / sent, "p50_ms": statistics.median(latencies) * 1000,
+            "p90_ms": percentile(latencies, 90) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000, "max_ms": max(latencies) * 1000,
+            "errors": errors}
+
+
 def show(what: str, r: dict) -> None:
-    print(f"{what}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+    p90 = f", p90 {r['p90_ms']:.1f} ms" if "p90_ms" in r else ""
+    print(f"{what}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms{p90}, "
+          f"p99 {r['p99_ms']:.1f} ms, "
           f"max {r['max_ms']:.1f} ms ({r['requests']} requests, {r['errors']} errors)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=10000, help="aliases in the store")
-    parser.add_argument("-c", "--clients", type=int, default=50)
-    parser.add_argument("-d", "--seconds", type=int, default=10, help="per GET endpoint")
+    parser.add_argument("-c", "--clients", type=int, default=50,
+                        help="closed-loop clients for the saturation run")
+    parser.add_argument("-d", "--seconds", type=int, default=10, help="per run and endpoint")
+    parser.add_argument("--rate", type=float, default=500, help="open-loop requests/s")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="api.workers values to measure, one daemon each")
     parser.add_argument("--posts", type=int, default=500)
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp generator")
     args = parser.parse_args()
+    for workers in args.workers:
+        run(args, workers)
+
+
+def run(args: argparse.Namespace, workers: int) -> None:
     use_wrk = shutil.which("wrk") is not None and not args.no_wrk
+    print(f"--- api.workers: {workers}")
     with tempfile.TemporaryDirectory(prefix="certd-api-") as tmp:
         root = Path(tmp)
         api_port = free_port()
-        data = config_data(root, api_port)
+        data = config_data(root, api_port, workers)
         (root / "state").mkdir(mode=0o700)
         (root / "api-tokens").write_text(f"bench {TOKEN}\n")
         (root / "api-tokens").chmod(0o600)
@@ -223,7 +291,11 @@ def main() -> None:
             swept = wait_for(log_path, "sweep done", 900, daemon)
             line = next(l for l in log_path.read_text().splitlines() if "sweep done" in l)
             print(f"first sweep done {up + swept:.1f} s after start: {line.split('sweep done')[1]}")
-            print(f"daemon RSS after the first sweep: {rss_mb(daemon.pid):.0f} MB")
+            children = Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()
+            workers_rss = [rss_mb(int(c)) for c in children]
+            print(f"daemon RSS after the first sweep: {rss_mb(daemon.pid):.0f} MB"
+                  + (f", API workers {', '.join(f'{r:.0f}' for r in workers_rss)} MB"
+                     if workers_rss else ""))
             time.sleep(1)
             base = f"http://127.0.0.1:{api_port}"
             rng = random.Random(7)
@@ -235,14 +307,15 @@ def main() -> None:
                 f"/api/v1/domains?limit=100&cursor={domains[i]}"
                 for i in range(99, args.n - 100, 100)]
             gen = "wrk" if use_wrk else "aiohttp"
-            print(f"load: {args.clients} concurrent clients, {args.seconds} s per endpoint ({gen})")
             for what, paths in (("GET /api/v1/domains?limit=100", pages),
                                 ("GET /api/v1/domains/<domain>", one)):
+                show(f"{what} open loop {args.rate:.0f}/s",
+                     asyncio.run(open_loop(base, paths, args.rate, args.seconds)))
                 if use_wrk:
-                    show(what, wrk_run(root, base, paths, args.clients, args.seconds))
+                    r = wrk_run(root, base, paths, args.clients, args.seconds)
                 else:
-                    show(what, asyncio.run(aiohttp_gets(base, paths, args.clients,
-                                                        args.seconds)))
+                    r = asyncio.run(aiohttp_gets(base, paths, args.clients, args.seconds))
+                show(f"{what} saturation ({args.clients} clients, {gen})", r)
             r = asyncio.run(post_burst(base, args.posts, args.clients, args.n))
             print(f"POST /api/v1/domains x{args.posts}: {r['accepted_per_s']:.0f} accepted/s "
                   f"({r['statuses']} in {r['wall']:.2f} s), p50 {r['p50_ms']:.1f} ms, "

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from certd import daemon_status, notifiers, pidfile, responder, sdnotify
+from certd import daemon_status, notifiers, pidfile, responder, sdnotify, workers
 from certd import reload as reloading
+from certd.api import alerts
 from certd.api import app as api
 from certd.api.http import TOKENS
 from certd.api.tokens import load_or_create
@@ -94,20 +95,24 @@ def build_alerts(config: Config, certd: Certd, session: aiohttp.ClientSession) -
 
 
 async def start_site(app: web.Application, listen: str, what: str,
-                     limits: ListenerLimits | None = None) -> web.AppRunner:
+                     limits: ListenerLimits | None = None, *, sock=None,
+                     label: str | None = None) -> web.AppRunner:
     """Serve `app` on `listen` within `limits` (connection cap, head and idle timeouts, a
-    fixed 400 for unparsable requests: certd/listener.py)."""
+    fixed 400 for unparsable requests: certd/listener.py); on `sock`, a listening socket
+    bound for `listen` already (an API worker's), if given. `what` names the listener in its
+    limits' log lines, `label` (default: `what`) in the "listening" line."""
     app.on_response_prepare.append(_server_header)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = split_listen(listen)
     try:
-        await GuardedSite(runner, host, port, Guard(what, limits or ListenerLimits())).start()
+        await GuardedSite(runner, host, port, Guard(what, limits or ListenerLimits()),
+                          sock=sock).start()
     except OSError as exc:
         await runner.cleanup()
         raise ListenError(f"{what}: cannot listen on {listen}: {exc.strerror or exc}",
                           in_use=exc.errno == errno.EADDRINUSE) from None
-    log.info("%s listening on %s", what, listen)
+    log.info("%s listening on %s", label or what, listen)
     return runner
 
 
@@ -174,7 +179,7 @@ async def run_daemon(config: Config, stop: asyncio.Event,
         gc.freeze()
         sweeper = Sweeper(certd)
         api = await api_app(config, certd, monitor, stats, sweeper)
-        api_runner = await start_site(api, config.api.listen, "api", config.api.limits)
+        api_runner, pool = await _serve_api(config, certd, api)
         forwarder = EventForwarder(certd.store, monitor.alerts)
         await forwarder.start()  # before the first sweep, so its failures are forwarded too
         scheduler = Scheduler(sweeper, config.renewal,
@@ -190,7 +195,7 @@ async def run_daemon(config: Config, stop: asyncio.Event,
                 load_tokens=lambda c: load_or_create(c.tokens_path),
                 load_trust=lambda c: checks.load_trust_store(c.monitor.ca_bundle),
                 build_alerts=lambda c: build_alerts(c, certd, monitor.session))
-            reloads = asyncio.create_task(_reloads(running, reload_wanted, notify))
+            reloads = asyncio.create_task(_reloads(running, reload_wanted, notify, pool))
         try:
             await stop.wait()
             log.info("certd stopping")
@@ -200,13 +205,39 @@ async def run_daemon(config: Config, stop: asyncio.Event,
             if reloads is not None:
                 reloads.cancel()
             pidfile.remove(config.state_dir)
+            if pool is not None:
+                await pool.stop()  # first: no job comes from a worker after this
+                pool.sock.close()
             await scheduler.stop()
-            await api_runner.cleanup()
+            if api_runner is not None:
+                await api_runner.cleanup()
     log.info("certd stopped")
 
 
+async def _serve_api(config: Config, certd: Certd, api: web.Application
+                     ) -> tuple[web.AppRunner | None, workers.WorkerPool | None]:
+    """The API listener: served here (`api.workers: 1`), or bound here and served by
+    `api.workers` worker processes (certd/workers.py)."""
+    count = config.api.worker_count()
+    if count == 1:
+        return await start_site(api, config.api.listen, "api", config.api.limits), None
+    try:
+        sock = workers.listening_socket(config.api.listen)
+    except workers.ListenSocketError as exc:
+        raise ListenError(str(exc), in_use=exc.in_use) from None
+    pool = workers.WorkerPool(config, certd, sock, count, metrics_sources=api[alerts.SOURCES])
+    try:
+        await pool.start()
+    except BaseException:
+        await pool.stop()
+        sock.close()
+        raise
+    log.info("api listening on %s (%d worker processes)", config.api.listen, count)
+    return None, pool
+
+
 async def _reloads(running: reloading.Running, wanted: asyncio.Event,
-                   notify: sdnotify.Notifier) -> None:
+                   notify: sdnotify.Notifier, pool: workers.WorkerPool | None = None) -> None:
     """One reload per burst of SIGHUPs, one at a time."""
     while True:
         await wanted.wait()
@@ -214,6 +245,8 @@ async def _reloads(running: reloading.Running, wanted: asyncio.Event,
         notify.reloading()
         try:
             ok = await reloading.reload(running)
+            if ok and pool is not None:
+                await pool.restart(running.certd.config)
         except Exception:  # noqa: BLE001 - a failed reload never ends the daemon
             log.exception("config reload failed")
             ok = False

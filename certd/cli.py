@@ -20,6 +20,7 @@ from certd import (
     cli_domains,
     cli_import,
     cli_reload,
+    instances,
     logs,
 )
 from certd import config as configuration
@@ -27,7 +28,7 @@ from certd.app import challenge_listener, open_certd, run_daemon
 from certd.config import Config
 from certd.errors import CertdError, ConfigError
 from certd.model import utcnow
-from certd.store import describe_storage, location
+from certd.store import describe_storage, keyring, location
 from certd.views import certificate_views, name_list, text_table
 
 log = logging.getLogger("certd")
@@ -92,8 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_run)
     c = sub.add_parser("check-config", help="validate the config and print a summary")
     c.set_defaults(func=cmd_check_config)
-    c = sub.add_parser("status", help="one row per certificate")
+    c = sub.add_parser("status", help="one row per certificate, then the instances")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--instances", action="store_true",
+                   help="only the instances sharing the store, their leases, the store's health")
     c.set_defaults(func=cmd_status)
     c = sub.add_parser("renew", help="issue or renew now what needs it (or --force), then deploy")
     c.add_argument("names", nargs="*", metavar="NAME")
@@ -156,8 +159,17 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     if _state_unusable(cfg):
         return EXIT_CONFIG
+    try:
+        keys = keyring(cfg)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"certd: {exc.source}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"config OK: {args.config or configuration.default_path()}")
     print(f"  state_dir: {cfg.state_dir} (store {describe_storage(cfg)})")
+    print("  private keys in the store: " + (
+        "not encrypted (no storage_key_file)" if keys is None else
+        f"sealed with key {keys.primary} (keys {', '.join(keys.ids)})"))
     print(f"  acme: {cfg.acme.directory} key_type={cfg.acme.key_type}")
     print(f"  challenge listener: {cfg.challenge.listen}; api: {cfg.api.listen}")
     for name, fe in cfg.frontends.items():
@@ -169,15 +181,22 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _status_rows(cfg: Config) -> list[dict]:
+async def _status_rows(cfg: Config) -> tuple[list[dict], dict]:
     async with open_certd(cfg) as certd:
         now = utcnow()
-        return await certificate_views(certd, certd.specs(), now)
+        return (await certificate_views(certd, certd.specs(), now),
+                await instances.view(certd.store, now))
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
-    rows = asyncio.run(_status_rows(cfg))
-    if args.json:
+    rows, alive = asyncio.run(_status_rows(cfg))
+    if args.instances:
+        if args.json:
+            print(json.dumps(alive, indent=2))
+        else:
+            _print_instances(alive)
+        return 0
+    if args.json:  # the certificates' list, as before: `--instances --json` has the rest
         print(json.dumps(rows, indent=2))
         return 0
     header = ("NAME", "STATUS", "SERIAL", "NOT AFTER", "DAYS", "RENEW AT", "WHY", "ATTEMPTS",
@@ -195,7 +214,23 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     for r in rows:
         if r["last_error"]:
             print(f"{r['name']}: last error: {r['last_error']}", file=sys.stderr)
+    print()
+    _print_instances(alive)
     return 0
+
+
+def _print_instances(view: dict) -> None:
+    store = view["store"]
+    health = (f"store ok ({store['seconds'] * 1000:.0f} ms)" if store["ok"]
+              else f"store unreachable: {store['error']}")
+    print(f"instances: {view['alive']} alive; {health}")
+    table = [("ID", "HOST", "PID", "STARTED", "LAST SEEN", "ALIVE", "LEASES")] + [
+        (i["id"], i["host"], str(i["pid"]), i["started_at"][:19], i["last_seen_at"][:19],
+         "yes" if i["alive"] else "no", ",".join(i["leases"]) or "-")
+        for i in view["instances"]]
+    if len(table) > 1:
+        for line in text_table(table):
+            print(f"  {line}")
 
 
 def cmd_renew(cfg: Config, args: argparse.Namespace) -> int:

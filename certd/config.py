@@ -246,6 +246,13 @@ class ApiConfig(_Model):
     limits: ListenerLimits = ListenerLimits(max_connections=256)
     tokens_file: SecretPath | None = None  # default: <state_dir>/api-tokens, created if missing
     metrics_auth: bool = True  # /metrics wants a bearer token too (it names every domain)
+    # processes serving this listener (certd/workers.py); None: one per core. 1: the daemon
+    # serves it itself, as before
+    workers: int | None = Field(default=None, ge=1, le=64)
+
+    def worker_count(self) -> int:
+        return self.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(
+            os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 class NodeConfig(_Model):
@@ -593,6 +600,10 @@ class Config(_Model):
     # the PostgreSQL store's password (`storage: postgresql://USER@HOST:PORT/DB`): a file, or
     # $CREDENTIALS_DIRECTORY/NAME; read at each new connection, never written in the URL
     storage_password_file: SecretPath | None = None
+    # key-encryption keys ('ID BASE64KEY' lines, the first seals) for the private keys in the
+    # store: a file, or $CREDENTIALS_DIRECTORY/NAME; read when the store is made
+    # (certd/store/sealing.py). Recommended for PostgreSQL; opt-in for SQLite.
+    storage_key_file: SecretPath | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line (certd/logs.py)
     # a level per component (logger name), e.g. {certd.deployers: debug, aiohttp: warning}

@@ -97,7 +97,7 @@ class GuardedHandler(web.RequestHandler):
     from the first byte of each further request; a complete head (even an unparsable one,
     which gets the 400) stops it."""
 
-    __slots__ = ("_guard", "_admitted", "_head_timer", "_heads_at_arm")
+    __slots__ = ("_admitted", "_guard", "_head_timer", "_heads_at_arm")
 
     def __init__(self, guard: Guard, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -167,13 +167,17 @@ class GuardedHandler(web.RequestHandler):
 class GuardedSite(web.BaseSite):
     """A TCP site like aiohttp's TCPSite whose connections are GuardedHandlers."""
 
-    __slots__ = ("_host", "_port", "_guard")
+    __slots__ = ("_guard", "_host", "_port", "_sock")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: Guard) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: Guard,
+                 sock=None) -> None:
+        """`sock`: a listening socket to accept on (an API worker's, bound by the daemon)
+        instead of binding `host`:`port`."""
         super().__init__(runner)
         self._host = host
         self._port = port
         self._guard = guard
+        self._sock = sock
 
     @property
     def name(self) -> str:
@@ -194,8 +198,12 @@ class GuardedSite(web.BaseSite):
 
         # aiohttp private: a site keeps its asyncio server in `_server` (BaseSite.stop and
         # BaseRunner.addresses read it), as aiohttp's own sites do
-        self._server = await loop.create_server(protocol, self._host, self._port,
-                                                backlog=self._backlog, reuse_address=True)
+        if self._sock is not None:
+            self._server = await loop.create_server(protocol, sock=self._sock,
+                                                    backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(protocol, self._host, self._port,
+                                                    backlog=self._backlog, reuse_address=True)
 
     async def stop(self) -> None:
         self._guard.flush()

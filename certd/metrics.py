@@ -20,6 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from certd import instances
 from certd.model import utcnow
 from certd.monitor.runner import Monitor
 from certd.responder import ChallengeStats
@@ -92,11 +93,28 @@ async def render(src: Sources) -> bytes:
         out.append(GaugeMetricFamily("certd_last_sweep_duration_seconds",
                                      "Duration of the last renewal sweep", value=last.seconds))
 
+    out += _instances(await instances.view(src.certd.store, now))
     if src.monitor is not None:
         out += _monitor(src.monitor, now)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(out))
     return generate_latest(registry)
+
+
+def _instances(view: dict) -> list[Metric]:
+    """The instances sharing the store (certd/instances.py), the leases each holds, and
+    whether the store answered."""
+    alive = GaugeMetricFamily("certd_instances_alive",
+                              "certd instances whose heartbeat the store holds, seen lately",
+                              value=view["alive"])
+    leases = GaugeMetricFamily("certd_instance_leases", "Leases each live instance holds",
+                               labels=["instance", "host"])
+    for i in view["instances"]:
+        if i["alive"]:
+            leases.add_metric([i["id"], i["host"]], len(i["leases"]))
+    store = GaugeMetricFamily("certd_store_up", "1 if the store answered this scrape",
+                              value=1 if view["store"]["ok"] else 0)
+    return [alive, leases, store]
 
 
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)

@@ -271,6 +271,17 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """A `certd run` sharing the store, as its heartbeat row says (issue 13, item 7)."""
+
+    id: str  # the owner of its leases (certd.service.owner_id: host:pid:random)
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
 class Alert:
     """The alerting state of one finding, kept in the store between sweeps."""
 

@@ -35,7 +35,8 @@ from certd.service import Certd
 log = logging.getLogger(__name__)
 
 # sections a running daemon cannot take over: the store, the CA account, the listeners
-RESTART_ONLY = ("state_dir", "storage", "storage_password_file", "acme", "challenge", "api")
+RESTART_ONLY = ("state_dir", "storage", "storage_password_file", "storage_key_file", "acme",
+                "challenge", "api")
 DRAIN_SECONDS = 10  # a replaced notifier set's queued notices get this long to go out
 
 

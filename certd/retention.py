@@ -32,6 +32,7 @@ class RetentionResult:
 async def apply(store: Store, config: Config, now: datetime) -> RetentionResult:
     events = await store.purge_events(now - config.events.retention)
     keys = await store.wipe_keys(superseded_before=now - config.retention.previous_keys)
+    await store.purge_leases(now)  # expired: the forwarder's event claims, dead holders'
     if events or keys:
         log.info("retention: %d events older than %s deleted, %d private keys wiped",
                  events, config.events.retention, keys)

@@ -2,7 +2,8 @@
 and again at the earliest moment a sweep found something would become due), the deploy
 sync (every `renewal.deploy_sync_interval`), the monitor sweep (every `monitor.interval`,
 the first one shortly after start), the event forwarder (failures from the event log to
-the notifiers, every EVENTS_INTERVAL) and retention (old events, superseded keys: at start,
+the notifiers, every EVENTS_INTERVAL), the heartbeat (this instance's row in the store, every
+instances.HEARTBEAT) and retention (old events, superseded keys: at start,
 then daily; certd/retention.py). Jobs coalesce, never overlap, and are jittered.
 """
 
@@ -16,8 +17,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from certd import retention
+from certd import instances, retention
 from certd.config import RenewalConfig
+from certd.errors import CertdError
+from certd.model import Instance
 from certd.monitor.events import EventForwarder
 from certd.monitor.runner import Monitor
 from certd.sweep import Sweeper
@@ -25,12 +28,15 @@ from certd.sweep import Sweeper
 log = logging.getLogger(__name__)
 
 WAKE_SLACK = timedelta(seconds=1)  # wake a little after the due moment, not a little before
-MIN_GAP = timedelta(seconds=10)  # never sweep again sooner than this after a sweep ends
+MIN_GAP = timedelta(seconds=10)
+SWEEP_RETRY = timedelta(seconds=10)  # after a failed sweep (the store down): doubling  # never sweep again sooner than this after a sweep ends
 FIRST_MONITOR = timedelta(seconds=5)  # after start: let the first renewal sweep go first
 EVENTS_INTERVAL = timedelta(seconds=30)
 RETENTION_INTERVAL = timedelta(days=1)
 COMMON = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-FIRST_RETENTION = timedelta(seconds=30)  # after start: the first sweep goes first
+FIRST_RETENTION = timedelta(seconds=30)
+MONITOR_LEASE = "monitor"  # held by the instance that swept last, for most of an interval
+MONITOR_MIN_LEASE = timedelta(seconds=5)  # after start: the first sweep goes first
 
 
 class Scheduler:
@@ -42,6 +48,8 @@ class Scheduler:
         self.events = events
         self._scheduler: AsyncIOScheduler | None = None
         self._running: set[asyncio.Task] = set()
+        self._sweep_failures = 0  # in a row: the retry after a failed sweep backs off
+        self._instance: Instance | None = None  # this process's heartbeat row, once written
 
     def _intervals(self) -> dict[str, tuple[float, int | None]]:
         """The interval jobs' (seconds, jitter) from the current settings."""
@@ -74,6 +82,9 @@ class Scheduler:
                 self._events, IntervalTrigger(seconds=EVENTS_INTERVAL.total_seconds()),
                 id="events", next_run_time=now, **COMMON)
         self._scheduler.add_job(
+            self._heartbeat, IntervalTrigger(seconds=instances.HEARTBEAT.total_seconds()),
+            id="heartbeat", next_run_time=now, **COMMON)
+        self._scheduler.add_job(
             self._retention, IntervalTrigger(seconds=RETENTION_INTERVAL.total_seconds(),
                                              jitter=600),
             id="retention", next_run_time=now + FIRST_RETENTION, **COMMON)
@@ -105,6 +116,19 @@ class Scheduler:
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+        if self._instance is not None:  # a clean stop: no longer one of the instances
+            await self._guarded("heartbeat", self.sweeper.certd.store.remove_instance(
+                self._instance.id))
+
+    async def _heartbeat(self) -> None:
+        """This instance's row in the store (certd/instances.py): who is alive, who holds
+        what; a holder whose heartbeat stopped loses its leases to the others."""
+        certd = self.sweeper.certd
+        now = certd.clock()
+        if self._instance is None:
+            self._instance = instances.this_instance(certd.owner, now, now)
+        await self._tracked(self._guarded("heartbeat", instances.beat(
+            certd.store, self._instance, now)))
 
     async def _tracked(self, coro) -> None:
         task = asyncio.current_task()
@@ -118,11 +142,32 @@ class Scheduler:
         await self._tracked(self._sweep_and_plan())
 
     async def _sweep_and_plan(self) -> None:
-        result = await self.sweeper.sweep()
-        if result is None or result.wake_at is None or self._scheduler is None:
+        try:
+            result = await self.sweeper.sweep()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store or a bug: sweep again soon
+            self._sweep_failures += 1
+            delay = min(SWEEP_RETRY * 2 ** min(self._sweep_failures - 1, 10),
+                        self.renewal.sweep_interval)
+            if isinstance(exc, CertdError):
+                log.error("sweep failed: %s; again in %ds", exc, int(delay.total_seconds()))
+            else:
+                log.exception("sweep failed; again in %ds", int(delay.total_seconds()))
+            self._wake(datetime.now(timezone.utc) + delay)
+            return
+        self._sweep_failures = 0
+        if result is None or result.wake_at is None:
+            return
+        self._wake(result.wake_at + WAKE_SLACK)
+
+    def _wake(self, at: datetime) -> None:
+        """Sweep again at `at` (not sooner than MIN_GAP from now), unless the regular sweep
+        comes first."""
+        if self._scheduler is None:
             return
         # a wake time in the past (work a sweep could not do) must not become a tight loop
-        wake = max(result.wake_at + WAKE_SLACK, datetime.now(timezone.utc) + MIN_GAP)
+        wake = max(at, datetime.now(timezone.utc) + MIN_GAP)
         job = self._scheduler.get_job("sweep")
         if job is not None and job.next_run_time is not None and job.next_run_time <= wake:
             return  # the regular sweep comes first
@@ -134,7 +179,18 @@ class Scheduler:
         await self._tracked(self.sweeper.deploy_sync())
 
     async def _monitor(self) -> None:
-        await self._tracked(self._guarded("monitor", self.monitor.sweep()))
+        await self._tracked(self._guarded("monitor", self._shared_monitor_sweep()))
+
+    async def _shared_monitor_sweep(self) -> None:
+        """One monitor sweep per interval across the instances sharing the store: the
+        `monitor` lease, taken for most of an interval and not released, is also the record
+        that a sweep was done lately (its holder dies: it expires and another takes it)."""
+        certd, config = self.sweeper.certd, self.monitor.config
+        ttl = max(config.interval - config.jitter, config.interval * 0.9, MONITOR_MIN_LEASE)
+        if not await certd._try_lease(MONITOR_LEASE, ttl):
+            log.debug("monitor: another instance swept lately; skipping")
+            return
+        await self.monitor.sweep()
 
     async def _events(self) -> None:
         await self._tracked(self._guarded("alerts: event forwarder", self.events.forward()))

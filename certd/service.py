@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
 from typing import Callable
 
 from cryptography import x509
 
-from certd import deployers, failpoints, nodes, preflight, renewal, rollout
+from certd import deployers, failpoints, instances, nodes, preflight, renewal, rollout
 from certd.batching import DeployQueue, Request
 from certd.budget import Budget
 from certd.config import Config, split_listen
@@ -421,15 +423,30 @@ class Certd:
                 return False
             await asyncio.sleep(LEASE_POLL)
 
-    async def _try_lease(self, lease: str) -> bool:
-        """One try: take the lease, or take it over from a dead process on this host."""
+    @contextlib.asynccontextmanager
+    async def claimed(self, lease: str) -> AsyncIterator[bool]:
+        """`async with certd.claimed("ari:NAME") as mine:` — one try at the lease (taken
+        over from a dead holder as `_try_lease` does), released on the way out if taken.
+        `mine` false: another instance holds it and does the work. Re-check under it that
+        the work is still due."""
+        mine = await self._try_lease(lease)
+        try:
+            yield mine
+        finally:
+            if mine:
+                await self.store.release_lease(lease, self.owner)
+
+    async def _try_lease(self, lease: str, ttl: timedelta | None = None) -> bool:
+        """One try: take the lease (for `ttl`, by default the order timeout and a margin),
+        or take it over from a dead process on this host."""
         now = self.clock()
-        until = now + self.config.acme.order_timeout + LEASE_MARGIN
+        until = now + (ttl or self.config.acme.order_timeout + LEASE_MARGIN)
         if await self.store.acquire_lease(lease, self.owner, until, now):
             return True
         holder = await self.store.lease_holder(lease, now)
-        if holder and _dead_here(holder) and await self.store.take_over_lease(
-                lease, holder, self.owner, until):
+        if holder and holder != self.owner and (
+                _dead_here(holder) or await instances.stopped(self.store, holder, now)
+        ) and await self.store.take_over_lease(lease, holder, self.owner, until):
             log.warning("lease %s: holder %s is dead; taken over", lease, holder)
             return True
         return False

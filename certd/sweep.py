@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 ARI_CONCURRENCY = 10
 ARI_ERROR_RETRY = timedelta(hours=1)
+# a due certificate whose issue lease another instance holds: the next sweep looks again this
+# soon (the scheduler's MIN_GAP applies), so work of an instance killed mid-order is taken
+# over (its heartbeat stops, or its lease expires) instead of waiting for sweep_interval
+BUSY_RECHECK = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,18 @@ class Sweeper:
             for name in decision.deploy:
                 if name not in due:  # due ones go after their renewal: the new certificate
                     deployable(name)
+            busy: set[str] = set()  # due, but another instance holds the issue lease
             outcomes, budget_frees = await self._renew_due(
-                decision.due, lambda name, ok: (ok or name in pending) and deployable(name))
+                decision.due, lambda name, ok: (ok or name in pending) and deployable(name),
+                busy)
             await asyncio.gather(*deploys.values())
             renewed = [name for name, ok in outcomes if ok]
             if renewed or any(not ok for _, ok in outcomes):
                 decision = await self.decide()  # new certificates, new backoffs: new wake time
             wake = decision.wake_at
+            if busy:  # another instance holds their lease: look again soon (it may die)
+                again = self.certd.clock() + BUSY_RECHECK
+                wake = min(wake, again) if wake else again
             if budget_frees is not None:  # the rest waits, in due order, for the budget
                 wake = min(wake, budget_frees) if wake else budget_frees
             result = SweepResult(len(outcomes), len(renewed), sum(not ok for _, ok in outcomes),
@@ -98,7 +107,8 @@ class Sweeper:
                             "duration_ms": round(result.seconds * 1000)})
             return result
 
-    async def _renew_due(self, due: list[renewal.Due], done: Callable[[str, bool], object]
+    async def _renew_due(self, due: list[renewal.Due], done: Callable[[str, bool], object],
+                         busy: set[str] | None = None
                          ) -> tuple[list[tuple[str, bool]], datetime | None]:
         """Most urgent first, max_concurrent at a time. When the account's order budget is
         spent, stop: the rest stays due and goes when the budget frees (no point asking the
@@ -111,7 +121,7 @@ class Sweeper:
             for item in queue:
                 if stop:
                     return
-                outcome = await self._renew(item, stop)
+                outcome = await self._renew(item, stop, busy)
                 outcomes.append(outcome)
                 done(*outcome)
 
@@ -119,8 +129,8 @@ class Sweeper:
         await asyncio.gather(*(worker() for _ in range(workers)))
         return outcomes, (min(stop) if stop else None)
 
-    async def _renew(self, due: renewal.Due, stop: list[datetime] | None = None
-                     ) -> tuple[str, bool]:
+    async def _renew(self, due: renewal.Due, stop: list[datetime] | None = None,
+                     busy: set[str] | None = None) -> tuple[str, bool]:
         try:
             cert = await self.certd.renew(due.name)
         except BudgetDeferred as exc:
@@ -136,6 +146,8 @@ class Sweeper:
         except Exception:  # a bug must not stop the other certificates
             log.exception("certificate[%s]: unexpected error", due.name)
             return due.name, False
+        if cert is None and busy is not None:
+            busy.add(due.name)
         return due.name, cert is not None
 
     async def _deploy(self, name: str) -> None:
@@ -167,11 +179,22 @@ class Sweeper:
         async def one(name: str) -> None:
             async with gate:
                 try:
-                    await self.check_ari(name)
+                    # once per certificate across the instances sharing the store
+                    async with self.certd.claimed(f"ari:{name}") as mine:
+                        if mine and await self._ari_due(name):
+                            await self.check_ari(name)
                 except Exception:
                     log.exception("ari[%s]: unexpected error", name)
 
         await asyncio.gather(*(one(n) for n in names))
+
+    async def _ari_due(self, name: str) -> bool:
+        """Checked again under the `ari:NAME` lease: another instance may have just fetched
+        the window of the current certificate."""
+        cert = await self.store.current_certificate(name)
+        state = await self.store.get_ari(name)
+        return cert is not None and (state is None or state.serial != cert.serial
+                                     or state.next_check_at <= self.certd.clock())
 
     async def check_ari(self, name: str) -> AriState | None:
         """Fetch the CA's window for the current certificate and store it, with a renewal

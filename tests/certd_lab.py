@@ -44,7 +44,10 @@ def lab_config_data(lab: Lab, state_dir: Path, certificates: list[dict],
                     # the lab's "Internet" is loopback, its names end in .test/.example
                     "preflight_allow_networks": ["127.0.0.0/8"],
                     "allow_special_use": ["test", "example"]},
-        "api": {"listen": f"127.0.0.1:{free_port()}"},
+        # one process per daemon (the lab shares 2 cores with many processes): API workers
+        # are tested in tests/test_api_workers.py, the default (one per core) by the tests
+        # that write their own config (test_listener_daemon, test_cli_lab, test_systemd, ...)
+        "api": {"listen": f"127.0.0.1:{free_port()}", "workers": 1},
         "frontends": {
             "web": {
                 "tls_port": lab.tls_port,

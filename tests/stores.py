@@ -11,14 +11,20 @@
 A backend is a function of the test's `request` (for the fixtures it needs: tmp_path, a
 database server) that sets up one empty store and yields an Opener; each call of the Opener
 opens one more handle on that same store (a connection, as another process would hold), and
-closes it on the way out. The backend removes the store itself when the test ends. Adding a
-backend is one entry in BACKENDS.
+closes it on the way out; `keyring=` opens it with private keys sealed under that key file
+(certd/store/sealing.py). The Opener's `at_rest()` returns what the store holds at rest, as
+bytes to search (the SQLite file and its WAL, PostgreSQL's tables as text, the memory tables).
+The backend removes the store itself when the test ends. Adding a backend is one entry in
+BACKENDS; the `+sealed` entries run the whole suite again with a key file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -27,9 +33,10 @@ import pytest
 from certd.model import Challenge
 from certd.store.base import Store
 from certd.store.memory import MemoryData, MemoryStore
+from certd.store.sealing import KeyRing
 from certd.store.sqlite import SqliteStore
 
-Opener = Callable[[], AbstractAsyncContextManager[Store]]
+Opener = Callable[..., AbstractAsyncContextManager[Store]]
 Backend = Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Opener]]
 
 
@@ -58,18 +65,34 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         yield s
 
 
+def _opener(open_: Opener, at_rest: Callable[[], Awaitable[bytes]]) -> Opener:
+    open_.at_rest = at_rest  # type: ignore[attr-defined]
+    return open_
+
+
 @contextlib.asynccontextmanager
 async def sqlite_backend(request: pytest.FixtureRequest) -> AsyncIterator[Opener]:
     """Handles on one file: as several processes sharing it."""
     path = request.getfixturevalue("tmp_path") / "state" / "certd.db"
-    yield lambda: opened_store(path)
+
+    async def at_rest() -> bytes:
+        return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal"))
+                        if p.exists())
+
+    yield _opener(lambda keyring=None: opened(SqliteStore(path, keyring=keyring)), at_rest)
 
 
 @contextlib.asynccontextmanager
 async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Opener]:
     """Handles on one MemoryData: as several processes sharing a database."""
     data = MemoryData()
-    yield lambda: opened(MemoryStore(data))
+
+    async def at_rest() -> bytes:
+        records = [*data.accounts.values(), *data.orders.values(),
+                   *(c for history in data.certificates.values() for c in history)]
+        return repr([dataclasses.asdict(r) for r in records]).encode()
+
+    yield _opener(lambda keyring=None: opened(MemoryStore(data, keyring=keyring)), at_rest)
 
 
 @contextlib.asynccontextmanager
@@ -79,16 +102,44 @@ async def postgresql_backend(request: pytest.FixtureRequest) -> AsyncIterator[Op
     from certd.store.postgres import PostgresStore
 
     db = request.getfixturevalue("postgres_database")
-    yield lambda: opened(PostgresStore(db.url, password_file=db.password_file))
+
+    async def at_rest() -> bytes:
+        sql = "; ".join(f"SELECT t::text FROM {table} t"
+                        for table in ("accounts", "certificates", "orders"))
+        return (await asyncio.to_thread(db.psql, sql)).encode()
+
+    yield _opener(lambda keyring=None: opened(PostgresStore(
+        db.url, password_file=db.password_file, keyring=keyring)), at_rest)
+
+
+# the key file of the `+sealed` backends: a retired key after the sealing one
+TEST_KEYRING = KeyRing.parse(
+    f"k2 {base64.b64encode(bytes(range(32))).decode()}\n"
+    f"k1 {base64.b64encode(bytes(range(32, 64))).decode()}\n")
+
+
+def sealed(backend: Backend) -> Backend:
+    """`backend` whose handles seal private keys under TEST_KEYRING unless told otherwise."""
+
+    @contextlib.asynccontextmanager
+    async def with_keys(request: pytest.FixtureRequest) -> AsyncIterator[Opener]:
+        async with backend(request) as opener:
+            yield _opener(lambda keyring=TEST_KEYRING: opener(keyring=keyring),
+                          opener.at_rest)
+
+    return with_keys
 
 
 BACKENDS: dict[str, Backend] = {
     "sqlite": sqlite_backend,
     "memory": memory_backend,
     "postgresql": postgresql_backend,
+    "sqlite+sealed": sealed(sqlite_backend),
+    "memory+sealed": sealed(memory_backend),
+    "postgresql+sealed": sealed(postgresql_backend),
 }
 # backends that start a server: their tests carry the `lab` marker (-m "not lab" skips them)
-SERVER_BACKENDS = frozenset({"postgresql"})
+SERVER_BACKENDS = frozenset({"postgresql", "postgresql+sealed"})
 
 
 @pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.lab] if name in SERVER_BACKENDS

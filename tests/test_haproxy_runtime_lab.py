@@ -51,7 +51,10 @@ def config(root: Path, port: int) -> str:
                      ("/etc/haproxy/certd.crt-list", f"{root}/crt-list.txt"),
                      ("bind :443 ", f"bind 127.0.0.1:{port} "),
                      ("bind :80\n", f"bind 127.0.0.1:{free_port()}\n"),
-                     ("CERTD_HOST:8402", f"127.0.0.1:{free_port()}")):
+                     ("CERTD1_HOST:8402", f"127.0.0.1:{free_port()}"),
+                     ("CERTD2_HOST:8402", f"127.0.0.1:{free_port()}"),
+                     ("CERTD1_HOST:8403", f"127.0.0.1:{free_port()}"),
+                     ("CERTD2_HOST:8403", f"127.0.0.1:{free_port()}")):
         assert old in text, old
         text = text.replace(old, new)
     text = text.replace("\nfrontend http\n", "\n" + LAB_PARTS + "frontend http\n", 1)

@@ -47,7 +47,8 @@ UNITS = REPO / "systemd"
 SHIPPED_CERTD = "/usr/local/bin/certd"  # where the README's install puts the entry point
 MAX_EXPOSURE = 2.0
 CREDENTIALS = ("certd-api-tokens", "certd-eab-hmac-key", "certd-smtp-password",
-               "certd-salt-password", "certd-ssh-key", "certd-postgres-password")
+               "certd-salt-password", "certd-ssh-key", "certd-postgres-password",
+               "certd-storage-keys")
 
 # `python -c` that runs certd the way MemoryDenyWriteExecute=yes would let it: no mapping
 # both writable and executable, no page made executable later (PR_SET_MDWE with
@@ -319,6 +320,7 @@ SECRET_FIELDS = {  # field path -> a config with that field set to VALUE
                      "known_hosts": "/etc/certd/known_hosts"}}}},
     "storage_password_file": lambda v: {"storage": "postgresql://certd@db.example/certd",
                                         "storage_password_file": v},
+    "storage_key_file": lambda v: {"storage_key_file": v},
 }
 
 

@@ -9,11 +9,13 @@ from certd.api.http import Problem, certd_of
 from certd.model import SEVERITY_RANK, Alert, Severity
 
 SOURCES = web.AppKey("metrics_sources", metrics.Sources)
+# an API worker's: the daemon's main process renders /metrics (its counters live there)
+RENDER = web.AppKey("metrics_render", object)
 
 
 def alert_view(alert: Alert) -> dict:
     f = alert.finding
-    iso = lambda t: t.isoformat() if t else None  # noqa: E731
+    iso = lambda t: t.isoformat() if t else None
     return {
         "check": f.check, "severity": f.severity.value, "domain": f.domain, "node": f.node,
         "certificate": f.certificate, "message": f.message, "serial": f.serial,
@@ -38,7 +40,8 @@ async def list_alerts(request: web.Request) -> web.Response:
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
-    body = await metrics.render(request.app[SOURCES])
+    render = request.app.get(RENDER)
+    body = await (render() if render is not None else metrics.render(request.app[SOURCES]))
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

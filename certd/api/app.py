@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from aiohttp import web
 
@@ -17,15 +18,18 @@ from certd.api import alerts, domains, openapi
 from certd.api import salt as salt_bundles
 from certd.api.http import (
     CERTD,
+    JOBS,
     MAX_BODY,
+    STORE_RETRY_AFTER,
     TASKS,
     TOKEN_NAME,
     TOKENS,
+    WORKER,
     Problem,
     authenticate,
-    background,
     certd_of,
     errors,
+    submit,
 )
 from certd.api.tokens import Tokens
 from certd.errors import CertdError, StoreError
@@ -46,8 +50,27 @@ async def _spec(request: web.Request) -> CertificateSpec:
 
 
 
+HEALTH_TIMEOUT = 2.0  # seconds the store gets to answer a health check
+HEALTH_PROBE = "healthz.invalid"  # an alias that cannot exist: one indexed lookup
+UNHEALTHY = (b'{"type": "urn:certd:problem:store-unavailable", "title": "Store unavailable", '
+             b'"status": 503}')  # fixed: the reason is in the log
+
+
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    """For load balancers: 200 if this process can query its store (one cheap indexed read,
+    bounded by HEALTH_TIMEOUT), else 503 with a fixed body (the reason is in the log). The
+    body names the process (`pid`, and `worker`: its index among the API workers, or null
+    for the daemon itself), so a check through a balancer shows who answered."""
+    try:
+        await asyncio.wait_for(certd_of(request).store.get_alias(HEALTH_PROBE), HEALTH_TIMEOUT)
+    except (TimeoutError, StoreError, OSError) as exc:
+        log.warning("healthz: store unreachable: %s", exc or type(exc).__name__)
+        return web.Response(status=503, body=UNHEALTHY, content_type="application/problem+json",
+                            headers={"Cache-Control": "no-store",
+                                     "Retry-After": str(STORE_RETRY_AFTER)})
+    return web.json_response({"status": "ok", "version": __version__, "store": "ok",
+                              "pid": os.getpid(), "worker": request.app.get(WORKER)},
+                             headers={"Cache-Control": "no-store"})
 
 
 async def list_certificates(request: web.Request) -> web.Response:
@@ -71,16 +94,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
     name = (await _spec(request)).name
     force = request.query.get("force", "true").lower() not in ("0", "false", "no")
     await _audit(request, "api.renew", name, f"renew {name} (force={force})")
-    certd = certd_of(request)
-
-    async def work() -> None:
-        try:
-            if await certd.renew(name, force=force, wait=True) is not None:
-                await certd.deploy(name, only_stale=not force)
-        except CertdError as exc:
-            log.warning("api: renew %s: %s", name, exc)
-
-    background(request, work())
+    submit(request, "renew", name=name, force=force)
     return web.json_response({"accepted": True, "certificate": name}, status=202,
                              headers={"Location": f"/api/v1/certificates/{name}"})
 
@@ -88,15 +102,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
 async def deploy_certificate(request: web.Request) -> web.Response:
     name = (await _spec(request)).name
     await _audit(request, "api.deploy", name, f"deploy {name}")
-    certd = certd_of(request)
-
-    async def work() -> None:
-        try:
-            await certd.deploy(name)
-        except CertdError as exc:
-            log.warning("api: deploy %s: %s", name, exc)
-
-    background(request, work())
+    submit(request, "deploy", name=name)
     return web.json_response({"accepted": True, "certificate": name}, status=202,
                              headers={"Location": f"/api/v1/certificates/{name}"})
 
@@ -108,11 +114,17 @@ async def _cancel_tasks(app: web.Application) -> None:
 
 
 def build_app(certd: Certd, tokens: Tokens, *, monitor=None, challenge_stats=None,
-              sweeper=None) -> web.Application:
+              sweeper=None, jobs=None, worker: int | None = None) -> web.Application:
     """The API app. `monitor`, `challenge_stats` and `sweeper` (the daemon's) feed /metrics
-    and /api/v1/alerts; without them those show what the store alone knows."""
+    and /api/v1/alerts; without them those show what the store alone knows. `jobs`
+    (certd/api/jobs.py) runs what requests start; default: in this process. `worker`: this
+    API worker's index, for /healthz."""
+    from certd.api.jobs import Local
+
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors, authenticate])
     app[CERTD] = certd
+    app[JOBS] = jobs if jobs is not None else Local(certd)
+    app[WORKER] = worker
     app[TOKENS] = tokens
     app[TASKS] = set()
     app.on_cleanup.append(_cancel_tasks)

@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from certd import aliases, names
-from certd.api.http import TOKEN_NAME, Problem, background, certd_of, read_json
+from certd.api.http import TOKEN_NAME, Problem, certd_of, read_json, submit
 from certd.errors import AliasError
 from certd.model import Alias, utcnow
 from certd.views import certificate_views
@@ -82,7 +82,7 @@ async def create(request: web.Request) -> web.Response:
         raise _problem(exc) from None
     location = {"Location": f"/api/v1/domains/{added.alias.domain}"}
     if added.created:
-        background(request, aliases.issue_and_deploy(certd, added.alias.domain))
+        submit(request, "issue", name=added.alias.domain)
     return web.json_response(await domain_view(request, added.alias),
                              status=202 if added.created else 200, headers=location)
 
@@ -139,7 +139,7 @@ async def remove(request: web.Request) -> web.Response:
     revoke = _flag(request, "revoke")
     certd = certd_of(request)
     await aliases.request_removal(certd, alias, request[TOKEN_NAME], revoke=revoke)
-    background(request, aliases.finish_removal(certd, alias.domain, revoke=revoke))
+    submit(request, "remove", name=alias.domain, revoke=revoke)
     return web.json_response({"domain": alias.domain, "status": "removing", "revoke": revoke},
                              status=202)
 

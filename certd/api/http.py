@@ -25,6 +25,8 @@ CERTD = web.AppKey("certd", Certd)
 TOKENS = web.AppKey("tokens", Tokens)
 TASKS = web.AppKey("tasks", set)
 TOKEN_NAME = web.RequestKey("token_name", str)
+JOBS = web.AppKey("jobs", object)  # certd/api/jobs.py: Local or Forward
+WORKER = web.AppKey("worker", object)  # this API worker's index (certd/workers.py), or None
 
 
 def problem(status: int, slug: str, title: str, detail: str = "", **extra: Any
@@ -112,6 +114,12 @@ async def authenticate(request: web.Request, handler) -> web.StreamResponse:
 
 def certd_of(request: web.Request) -> Certd:
     return request.app[CERTD]
+
+
+def submit(request: web.Request, op: str, **args: Any) -> None:
+    """Start the job `op` (certd/api/jobs.py) past the response, in the process that does
+    such work."""
+    request.app[JOBS].submit(request, op, **args)
 
 
 async def read_json(request: web.Request) -> dict:

@@ -51,7 +51,11 @@ def _schemas() -> dict:
                 "detail": STR,
             },
         },
-        "Health": _object({"status": {"type": "string", "enum": ["ok"]}, "version": STR}),
+        "Health": _object({"status": {"type": "string", "enum": ["ok"]}, "version": STR,
+                           "store": {"type": "string", "enum": ["ok"]},
+                           # which process answered: an API worker's index, or null
+                           "pid": {"type": "integer"},
+                           "worker": _nullable({"type": "integer"})}),
         "Deployment": _object({
             "frontend": STR, "node": STR, "serial": STR,
             "status": {"type": "string", "enum": [s.value for s in DeployStatus]},
@@ -221,8 +225,12 @@ def _document() -> dict:
                                 f"whose `type` is '{PROBLEM}<slug>'."},
         "security": [{"bearerAuth": []}],
         "paths": {
-            "/healthz": {"get": _op("healthz", "Liveness; no token needed",
-                                    {"200": _ok("up", "Health")}, public=True)},
+            "/healthz": {"get": _op(
+                "healthz", "Health for load balancers (the store answers a query); no token",
+                {"200": _ok("up", "Health"),
+                 "503": _problem("store-unavailable: the store cannot be reached (a fixed "
+                                 "body)")},
+                public=True)},
             "/metrics": {"get": _op(
                 "metrics", "Prometheus text format (bearer token unless api.metrics_auth is "
                 "false)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
@@ -38,6 +39,7 @@ T = TypeVar("T")
 FIRST_POLL = 0.05  # seconds; a CA that validates at once answers on the first or second poll
 MAX_POLL = 2.0
 ACCOUNT_KEY_TYPE = "ec-p256"
+ACCOUNT_WAIT = timedelta(seconds=30)  # for another instance to create the account key
 CESSATION_OF_OPERATION = 5  # RFC 5280 CRLReason: the name is no longer served by us
 
 
@@ -71,9 +73,7 @@ class Issuer:
             directory = self.client.directory_url
             account = await self.store.get_account(directory)
             if account is None:
-                key = await asyncio.to_thread(keys.generate_key, ACCOUNT_KEY_TYPE)
-                account = Account(directory, "", keys.key_to_pem(key))
-                await self.store.save_account(account)
+                account = await self._create_account_key(directory)
             jwk = account_jwk(account.key_pem)
             if account.uri:
                 self.client.use_account(jwk, account.uri)
@@ -82,6 +82,34 @@ class Issuer:
             await self.store.save_account(Account(directory, uri, account.key_pem,
                                                   account.created_at))
             log.info("acme: registered account %s", uri)
+
+    async def _create_account_key(self, directory: str) -> Account:
+        """The account key of `directory`, made once for every instance sharing the store:
+        under the `account:DIRECTORY` lease, checked again under it; the others wait for it.
+        (Two keys would be two accounts, and an instance could not resume an order that
+        another one placed: the CA refuses it to any other account.)"""
+        lease, owner = f"account:{directory}", f"account:{uuid.uuid4().hex}"
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + ACCOUNT_WAIT.total_seconds()
+        while True:
+            now = utcnow()
+            if await self.store.acquire_lease(lease, owner, now + ACCOUNT_WAIT, now):
+                try:
+                    account = await self.store.get_account(directory)
+                    if account is None:
+                        key = await asyncio.to_thread(keys.generate_key, ACCOUNT_KEY_TYPE)
+                        account = Account(directory, "", keys.key_to_pem(key))
+                        await self.store.save_account(account)
+                    return account
+                finally:
+                    await self.store.release_lease(lease, owner)
+            await asyncio.sleep(0.1)
+            account = await self.store.get_account(directory)
+            if account is not None:
+                return account
+            if loop.time() > give_up:
+                raise AcmeError(f"acme: another certd keeps creating the account of "
+                                f"{directory}; try again later", type="certd:account")
 
     async def issue(self, spec: CertificateSpec, *, replaces: str | None = None,
                     resume: Order | None = None, key_pem: str | None = None

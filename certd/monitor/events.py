@@ -11,11 +11,15 @@ larger one. So the cursor is not "the last id seen": it is a floor below which e
 is settled (the floor moves up to events recorded more than SETTLE ago: no unit of work
 stays open that long, so an id still missing below one of them never commits), and the
 events above it that were already sent are remembered, so a late one is sent once and none
-twice. Each call reads again what was recorded in the last SETTLE."""
+twice. Each call reads again what was recorded in the last SETTLE.
+
+Every instance sharing the store runs a forwarder; an event to send is claimed first (the
+lease `event:ID`), so one instance sends it, whichever reads it first."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -27,18 +31,27 @@ log = logging.getLogger(__name__)
 
 BATCH = 1000
 SETTLE = timedelta(minutes=2)
+CLAIM_FOR = timedelta(days=2)
 
 
 class EventForwarder:
     def __init__(self, store: Store, alerts: AlertBook, *,
                  min_severity: Severity = Severity.ERROR,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, owner: str | None = None):
         self.store = store
         self.alerts = alerts
         self.min_rank = SEVERITY_RANK[min_severity]
         self.clock = clock
         self.after: int | None = None  # the floor: every event up to it is handled
         self._seen: set[int] = set()  # handled events above the floor
+        self.owner = owner or f"events:{uuid.uuid4().hex}"
+
+    async def _claim(self, event: Event) -> bool:
+        """Of the instances sharing the store, the one that takes `event:ID` first sends it
+        (a lease never released: it lasts CLAIM_FOR, past any instance's look-back)."""
+        now = self.clock()
+        return await self.store.acquire_lease(f"event:{event.id}", self.owner,
+                                              max(now, event.at) + CLAIM_FOR, now)
 
     async def start(self) -> None:
         """Follow from the newest event on (call before anything records new ones)."""
@@ -59,7 +72,8 @@ class EventForwarder:
                 cursor = event.id
                 if event.id not in self._seen:
                     self._seen.add(event.id)
-                    if SEVERITY_RANK[event.severity] >= self.min_rank:
+                    if (SEVERITY_RANK[event.severity] >= self.min_rank
+                            and await self._claim(event)):
                         await self.alerts.notify(notification(event))
                         sent += 1
                 if event.at < settled_before:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from certd.errors import ConfigError
 from certd.store.base import Store
+from certd.store.sealing import KeyRing
 
 if TYPE_CHECKING:
     from certd.config import Config
@@ -28,10 +29,19 @@ SQLITE_PREFIX = "sqlite:///"
 DEFAULT_DATABASE = "certd.db"  # under state_dir, when `storage` is unset
 
 
+def keyring(config: Config) -> KeyRing | None:
+    """The key-encryption keys of `storage_key_file` (None when unset): private keys are
+    sealed with them in the store (certd/store/sealing.py). ConfigError for a file that cannot
+    be read or holds no valid key, naming the line, never the key."""
+    if config.storage_key_file is None:
+        return None
+    return KeyRing.load(config.storage_key_file)
+
+
 def _sqlite(config: Config) -> Store:
     from certd.store.sqlite import SqliteStore
 
-    return SqliteStore(config.database_path)
+    return SqliteStore(config.database_path, keyring=keyring(config))
 
 
 def _memory(config: Config) -> Store:
@@ -39,13 +49,19 @@ def _memory(config: Config) -> Store:
 
     log.warning("storage memory://: nothing certd stores survives this process, and no other "
                 "process (certd CLI commands, other instances) sees it: for tests only")
-    return MemoryStore()
+    return MemoryStore(keyring=keyring(config))
 
 
 def _postgresql(config: Config) -> Store:
     from certd.store.postgres import PostgresStore
 
-    return PostgresStore(config.storage, password_file=config.storage_password_file)
+    keys = keyring(config)
+    if keys is None:
+        log.warning("storage postgresql://: private keys are stored unencrypted in the database "
+                    "(and its WAL, replicas and dumps): set storage_key_file to seal them "
+                    "(README, Keys at rest)")
+    return PostgresStore(config.storage, password_file=config.storage_password_file,
+                         keyring=keys)
 
 
 BACKENDS: dict[str, Callable[[Config], Store] | None] = {
@@ -130,5 +146,5 @@ def make_store(config: Config) -> Store:
     return BACKENDS[storage_scheme(storage)](config)
 
 
-__all__ = ["BACKENDS", "Store", "describe_storage", "make_store", "sqlite_path",
+__all__ = ["BACKENDS", "Store", "describe_storage", "keyring", "make_store", "sqlite_path",
            "storage_problem", "storage_scheme", "storage_takes_password"]

@@ -36,6 +36,7 @@ from certd.model import (
     Challenge,
     Deployment,
     Event,
+    Instance,
     IssuedCertificate,
     Order,
 )
@@ -223,6 +224,29 @@ class Store(Protocol):
         ...
 
     async def release_lease(self, name: str, owner: str) -> None: ...
+
+    async def leases(self, now: datetime) -> list[tuple[str, str, datetime]]:
+        """Every unexpired lease as (name, owner, expires_at), ordered by name."""
+        ...
+
+    async def purge_leases(self, now: datetime) -> int:
+        """Drop the leases expired at `now` (the event forwarder's claims, holders that
+        died); returns how many. Idempotent."""
+        ...
+
+    # instances sharing the store: one heartbeat row each (certd/instances.py)
+    async def heartbeat(self, instance: Instance, forget_before: datetime) -> None:
+        """Insert or replace the row of `instance.id`; drop rows last seen before
+        `forget_before` (instances killed long ago)."""
+        ...
+
+    async def instances(self) -> list[Instance]:
+        """Every instance row, ordered by id."""
+        ...
+
+    async def remove_instance(self, instance_id: str) -> None:
+        """Drop the row (a clean stop). Idempotent."""
+        ...
 
     # alerts: the alerting state of findings, one row per Finding.key (certd/monitor/alerts.py)
     async def active_alerts(self) -> list[Alert]:

@@ -44,10 +44,12 @@ from certd.model import (
     Challenge,
     Deployment,
     Event,
+    Instance,
     IssuedCertificate,
     Order,
 )
 from certd.store.base import BundleGrant
+from certd.store.sealing import ACCOUNTS, CERTIFICATES, ORDERS, KeyRing, Sealer
 
 UNFINISHED = ("pending", "ready", "processing")  # order statuses a run can resume
 
@@ -82,6 +84,7 @@ class MemoryData:
         self.event_id = 0  # the last id handed out (a purge never lowers it)
         self.event_counts: dict[str, int] = {}
         self.leases: dict[str, tuple[str, datetime]] = {}  # name -> (owner, expires_at)
+        self.instances: dict[str, Instance] = {}
         self.alerts: dict[str, Alert] = {}
         self.tokens: dict[str, _Token] = {}
 
@@ -105,8 +108,10 @@ class MemoryData:
 class MemoryStore:
     """Store in this process's memory (see the module docstring): unit tests only."""
 
-    def __init__(self, data: MemoryData | None = None):
+    def __init__(self, data: MemoryData | None = None, *, keyring: KeyRing | None = None):
         self.data = data if data is not None else MemoryData()
+        # private keys sealed in the tables when a key file is given (certd/store/sealing.py)
+        self.sealer = Sealer(keyring, "memory")
         self._open = False
         # the tables of the unit of work this task is in (None: outside one)
         self._unit: contextvars.ContextVar[MemoryData | None] = contextvars.ContextVar(
@@ -114,6 +119,34 @@ class MemoryStore:
 
     async def open(self) -> None:
         self._open = True
+        await self.reseal()
+
+    async def reseal(self) -> int:
+        """Seal every private key under the key file's first key, as the SQL stores do at
+        open; returns how many records changed."""
+        prefix = self.sealer.current_prefix
+        if prefix is None:
+            return 0
+        seal = self.sealer.reseal
+        changed = 0
+        async with self.transaction():
+            db = await self._db()
+            for history in db.certificates.values():
+                for i, c in enumerate(history):
+                    if c.key_pem and not c.key_pem.startswith(prefix):
+                        history[i] = replace(c, key_pem=seal(c.key_pem, CERTIFICATES,
+                                                             (c.name, c.serial)))
+                        changed += 1
+            for url, o in db.orders.items():
+                if o.key_pem and not o.key_pem.startswith(prefix):
+                    db.orders[url] = replace(o, key_pem=seal(o.key_pem, ORDERS, (url,)))
+                    changed += 1
+            for directory, a in db.accounts.items():
+                if a.key_pem and not a.key_pem.startswith(prefix):
+                    db.accounts[directory] = replace(a, key_pem=seal(a.key_pem, ACCOUNTS,
+                                                                     (directory,)))
+                    changed += 1
+        return changed
 
     async def close(self) -> None:
         self._open = False
@@ -153,14 +186,15 @@ class MemoryStore:
 
     # accounts
     async def get_account(self, directory: str) -> Account | None:
-        return (await self._read()).accounts.get(directory)
+        account = (await self._read()).accounts.get(directory)
+        return None if account is None else self.sealer.account_out(account)
 
     async def save_account(self, account: Account) -> None:
         db = await self._db()
         old = db.accounts.get(account.directory)
         if old is not None:  # as an upsert: the first created_at stays
             account = replace(account, created_at=old.created_at)
-        db.accounts[account.directory] = _clean(account)
+        db.accounts[account.directory] = self.sealer.account_in(_clean(account))
 
     # challenges
     async def put_challenge(self, challenge: Challenge) -> None:
@@ -188,15 +222,17 @@ class MemoryStore:
         db = await self._db()
         db.certificate_id += 1
         cert = replace(cert, id=db.certificate_id)
-        db.certificates.setdefault(cert.name, []).append(cert)
+        db.certificates.setdefault(cert.name, []).append(self.sealer.cert_in(cert))
         return cert
 
     async def current_certificate(self, name: str) -> IssuedCertificate | None:
-        return _current((await self._read()).certificates.get(name, ()))
+        cert = _current((await self._read()).certificates.get(name, ()))
+        return None if cert is None else self.sealer.cert_out(cert)
 
     async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]:
         history = (await self._read()).certificates.get(name, [])
-        return history[max(len(history) - limit, 0):] if limit >= 0 else list(history)
+        recent = history[max(len(history) - limit, 0):] if limit >= 0 else history
+        return [self.sealer.cert_out(c) for c in recent]
 
     # state
     async def get_state(self, name: str) -> CertificateState | None:
@@ -208,7 +244,7 @@ class MemoryStore:
 
     # orders
     async def save_order(self, order: Order) -> None:
-        order = _clean(order)
+        order = self.sealer.order_in(_clean(order))
         db = await self._db()
         old = db.orders.get(order.url)
         if old is not None:  # an update changes status, error and key; the rest stays
@@ -220,13 +256,13 @@ class MemoryStore:
         found = [(o.created_at, i, o) for i, o in enumerate(db.orders.values())
                  if certificate is None or o.certificate == certificate]
         found.sort(key=lambda t: t[:2], reverse=True)
-        return [o for _, _, o in _limited(found, limit)]
+        return [self.sealer.order_out(o) for _, _, o in _limited(found, limit)]
 
     async def unfinished_orders(self) -> list[Order]:
         latest: dict[str, Order] = {}
         for order in (await self._read()).orders.values():  # the last saved first wins
             latest[order.certificate] = order
-        return [o for o in latest.values() if o.status in UNFINISHED
+        return [self.sealer.order_out(o) for o in latest.values() if o.status in UNFINISHED
                 or (o.status == "valid" and o.key_pem is not None)]
 
     # aliases
@@ -414,6 +450,31 @@ class MemoryStore:
         held = db.leases.get(name)
         if held is not None and held[0] == owner:
             del db.leases[name]
+
+    async def leases(self, now: datetime) -> list[tuple[str, str, datetime]]:
+        now = _utc(now)
+        held = (await self._read()).leases
+        return [(name, owner, until) for name, (owner, until) in sorted(held.items())
+                if until > now]
+
+    async def purge_leases(self, now: datetime) -> int:
+        now = _utc(now)
+        return _drop((await self._db()).leases, lambda held: held[1] <= now)
+
+    # instances
+    async def heartbeat(self, instance: Instance, forget_before: datetime) -> None:
+        forget_before = _utc(forget_before)
+        db = await self._db()
+        _drop(db.instances, lambda i: i.last_seen_at < forget_before)
+        db.instances[instance.id] = replace(instance, started_at=_utc(instance.started_at),
+                                            last_seen_at=_utc(instance.last_seen_at))
+
+    async def instances(self) -> list[Instance]:
+        db = await self._read()
+        return [db.instances[k] for k in sorted(db.instances)]
+
+    async def remove_instance(self, instance_id: str) -> None:
+        (await self._db()).instances.pop(instance_id, None)
 
     # alerts
     async def active_alerts(self) -> list[Alert]:

@@ -164,4 +164,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX bundle_tokens_by_batch ON bundle_tokens (batch)",
         "CREATE INDEX bundle_tokens_by_expiry ON bundle_tokens (expires_at)",
     ],
+    [  # 8: instances sharing the store (issue 13, item 7) — one heartbeat row each
+        """CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL)""",
+    ],
 ]

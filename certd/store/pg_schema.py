@@ -186,6 +186,14 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER challenges_announced AFTER INSERT OR UPDATE OR DELETE ON challenges
             FOR EACH ROW EXECUTE FUNCTION certd_announce_challenge()""",
     ],
+    [  # 3: instances sharing the database (issue 13, item 7) — one heartbeat row each
+        """CREATE TABLE instances (
+            id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            started_at timestamptz NOT NULL,
+            last_seen_at timestamptz NOT NULL)""",
+    ],
 ]
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -19,13 +19,15 @@ Same contract as the SQLite store (certd/store/base.py), statement by statement:
 
 Not like SQLite: PostgreSQL has no `secure_delete`. A wiped key's old row version stays in
 the table file until VACUUM reuses its space, and in the WAL and its archives; keys
-encrypted at rest (issue 13, item 4) are the answer there.
+encrypted at rest (`storage_key_file`, certd/store/sealing.py) are the answer there: what
+lingers of a key written after it was configured is ciphertext.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -47,6 +49,7 @@ from certd.model import (
     DeployStatus,
     Event,
     Finding,
+    Instance,
     IssuedCertificate,
     Order,
     Severity,
@@ -55,6 +58,9 @@ from certd.store.base import BundleGrant
 from certd.store.pg_challenges import ChallengeCache
 from certd.store.pg_pool import FAILURES, PgConnections
 from certd.store.pg_schema import EVENTS_LOCK
+from certd.store.sealing import KeyRing, Sealer, reseal_sql
+
+log = logging.getLogger(__name__)
 
 PURGE_BATCH = 5000  # events deleted per statement by purge_events
 
@@ -70,8 +76,21 @@ class PostgresStore(PgConnections):
 
     challenges: ChallengeCache | None = None  # while open
 
+    def __init__(self, url: str, *, keyring: KeyRing | None = None, **options: object):
+        super().__init__(url, **options)
+        # private keys sealed at rest when a key file is configured (certd/store/sealing.py)
+        self.sealer = Sealer(keyring, f"postgresql[{self.name}]")
+
     async def open(self) -> None:
         await super().open()
+        try:
+            resealed = await self.reseal()
+        except BaseException:  # a key the file lacks, an outage: never leave a pool behind
+            await super().close()
+            raise
+        if resealed:
+            log.info("postgresql[%s]: %d private keys sealed under key %s", self.name,
+                     resealed, self.sealer.keyring.primary)
         cache = ChallengeCache(self.name, self._new_connection)
         try:
             await cache.start()
@@ -94,10 +113,12 @@ class PostgresStore(PgConnections):
         row = await self._one("SELECT * FROM accounts WHERE directory = $1", directory)
         if row is None:
             return None
-        return Account(row["directory"], row["uri"], row["key_pem"], row["created_at"])
+        return self.sealer.account_out(
+            Account(row["directory"], row["uri"], row["key_pem"], row["created_at"]))
 
     async def save_account(self, account: Account) -> None:
-        await self._exec(_SAVE_ACCOUNT, account.directory, account.uri, account.key_pem,
+        await self._exec(_SAVE_ACCOUNT, account.directory, account.uri,
+                         self.sealer.account_in(account).key_pem,
                          _ts(account.created_at))
 
     # ------------------------------------------------------------------ challenges
@@ -155,7 +176,8 @@ class PostgresStore(PgConnections):
             "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             cert.name, cert.serial, list(cert.domains), _ts(cert.not_before),
-            _ts(cert.not_after), cert.cert_pem, cert.chain_pem, cert.key_pem,
+            _ts(cert.not_after), cert.cert_pem, cert.chain_pem,
+            self.sealer.cert_in(cert).key_pem,
             cert.fingerprint_sha256, _ts(cert.issued_at), cert.order_url)
         return replace(cert, id=row["id"])
 
@@ -164,13 +186,13 @@ class PostgresStore(PgConnections):
         row = await self._one(
             "SELECT * FROM certificates WHERE name = $1 AND key_pem <> '' "
             "ORDER BY id DESC LIMIT 1", name)
-        return None if row is None else _cert(row)
+        return None if row is None else self.sealer.cert_out(_cert(row))
 
     async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]:
         rows = await self._all(
             "SELECT * FROM (SELECT * FROM certificates WHERE name = $1 ORDER BY id DESC "
             "LIMIT $2) recent ORDER BY id", name, limit)
-        return [_cert(r) for r in rows]
+        return [self.sealer.cert_out(_cert(r)) for r in rows]
 
     # ----------------------------------------------------------------------- state
 
@@ -188,13 +210,13 @@ class PostgresStore(PgConnections):
     async def save_order(self, order: Order) -> None:
         o = order
         await self._exec(_SAVE_ORDER, o.url, o.certificate, o.status, _ts(o.created_at), o.error,
-                         list(o.domains), o.key_pem, o.replaces)
+                         list(o.domains), self.sealer.order_in(o).key_pem, o.replaces)
 
     async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]:
         rows = await self._all(
             "SELECT * FROM orders WHERE ($1::text IS NULL OR certificate = $1) "
             "ORDER BY created_at DESC, seq DESC LIMIT $2", certificate, limit)
-        return [_order(r) for r in rows]
+        return [self.sealer.order_out(_order(r)) for r in rows]
 
     async def unfinished_orders(self) -> list[Order]:
         rows = await self._all(
@@ -202,7 +224,7 @@ class PostgresStore(PgConnections):
             "ORDER BY certificate, seq DESC) latest "
             "WHERE status IN ('pending', 'ready', 'processing') "
             "OR (status = 'valid' AND key_pem IS NOT NULL) ORDER BY seq")
-        return [_order(r) for r in rows]
+        return [self.sealer.order_out(_order(r)) for r in rows]
 
     # --------------------------------------------------------------------- aliases
 
@@ -416,6 +438,35 @@ class PostgresStore(PgConnections):
     async def release_lease(self, name: str, owner: str) -> None:
         await self._exec("DELETE FROM leases WHERE name = $1 AND owner = $2", name, owner)
 
+    async def leases(self, now: datetime) -> list[tuple[str, str, datetime]]:
+        rows = await self._all("SELECT name, owner, expires_at FROM leases "
+                               "WHERE expires_at > $1 ORDER BY name", _ts(now))
+        return [(r["name"], r["owner"], r["expires_at"]) for r in rows]
+
+    async def purge_leases(self, now: datetime) -> int:
+        return await self._exec("DELETE FROM leases WHERE expires_at <= $1", _ts(now))
+
+    # ---------------------------------------------------------------------- instances
+
+    async def heartbeat(self, instance: Instance, forget_before: datetime) -> None:
+        async with self.transaction():
+            await self._exec("DELETE FROM instances WHERE last_seen_at < $1",
+                             _ts(forget_before))
+            await self._exec(
+                "INSERT INTO instances (id, host, pid, started_at, last_seen_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET "
+                "last_seen_at = excluded.last_seen_at",
+                instance.id, instance.host, instance.pid, _ts(instance.started_at),
+                _ts(instance.last_seen_at))
+
+    async def instances(self) -> list[Instance]:
+        rows = await self._all("SELECT * FROM instances ORDER BY id")
+        return [Instance(r["id"], r["host"], r["pid"], r["started_at"], r["last_seen_at"])
+                for r in rows]
+
+    async def remove_instance(self, instance_id: str) -> None:
+        await self._exec("DELETE FROM instances WHERE id = $1", instance_id)
+
     # ---------------------------------------------------------------------- alerts
 
     async def active_alerts(self) -> list[Alert]:
@@ -476,6 +527,13 @@ class PostgresStore(PgConnections):
             return None
         items = tuple((str(c), str(s)) for c, s in json.loads(row["items"]))
         return BundleGrant(row["batch"], row["minion"], items)
+
+    async def reseal(self) -> int:
+        """Seal every private key under the key file's first key (plain ones, and those
+        under an older key); returns how many rows changed. Runs at each open."""
+        return await reseal_sql(self.sealer, lambda i: f"${i}",
+                                lambda sql, args: self._all(sql, *args),
+                                lambda sql, args: self._exec(sql, *args), self.transaction)
 
     async def expire_bundle_tokens(self, now: datetime, batch: str | None = None) -> int:
         return await self._exec(

@@ -32,12 +32,14 @@ from certd.model import (
     DeployStatus,
     Event,
     Finding,
+    Instance,
     IssuedCertificate,
     Order,
     Severity,
 )
 from certd.store.base import BundleGrant
 from certd.store.migrations import MIGRATIONS, newer_schema
+from certd.store.sealing import KeyRing, Sealer, reseal_sql
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,10 @@ class SqliteStore:
     read-only one for `get_key_authorization`, so a challenge lookup never queues behind a
     write that waits for another process's lock."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, keyring: KeyRing | None = None):
         self.path = Path(path)
+        # private keys sealed at rest when a key file is configured (certd/store/sealing.py)
+        self.sealer = Sealer(keyring, f"sqlite[{self.path}]")
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         # every call on the main connection takes its turn under one lock, and a unit of
@@ -123,6 +127,10 @@ class SqliteStore:
             self._db = await self._writer()
             await self._migrate()
             await self._check_writable()
+            resealed = await self.reseal()
+            if resealed:
+                log.info("sqlite[%s]: %d private keys sealed under key %s", self.path,
+                         resealed, self.sealer.keyring.primary)
             # mode=ro: this connection can never take the write lock, and in WAL mode a
             # reader never waits for a writer; each lookup is its own read transaction, so
             # what another process committed is visible at once
@@ -240,13 +248,15 @@ class SqliteStore:
         row = await self._one("SELECT * FROM accounts WHERE directory = ?", (directory,))
         if row is None:
             return None
-        return Account(row["directory"], row["uri"], row["key_pem"], _dt(row["created_at"]))
+        return self.sealer.account_out(
+            Account(row["directory"], row["uri"], row["key_pem"], _dt(row["created_at"])))
 
     async def save_account(self, account: Account) -> None:
         await self._exec(
             "INSERT INTO accounts (directory, uri, key_pem, created_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(directory) DO UPDATE SET uri = excluded.uri, key_pem = excluded.key_pem",
-            (account.directory, account.uri, account.key_pem, _ts(account.created_at)),
+            (account.directory, account.uri, self.sealer.account_in(account).key_pem,
+             _ts(account.created_at)),
         )
         await self._durable()
 
@@ -298,7 +308,7 @@ class SqliteStore:
                     _ts(cert.not_after),
                     cert.cert_pem,
                     cert.chain_pem,
-                    cert.key_pem,
+                    self.sealer.cert_in(cert).key_pem,
                     cert.fingerprint_sha256,
                     _ts(cert.issued_at),
                     cert.order_url,
@@ -317,7 +327,7 @@ class SqliteStore:
             "SELECT * FROM certificates WHERE name = ? AND key_pem <> '' "
             "ORDER BY id DESC LIMIT 1", (name,)
         )
-        return None if row is None else _cert(row)
+        return None if row is None else self.sealer.cert_out(_cert(row))
 
     async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]:
         rows = await self._all(
@@ -325,7 +335,7 @@ class SqliteStore:
             "ORDER BY id",
             (name, limit),
         )
-        return [_cert(r) for r in rows]
+        return [self.sealer.cert_out(_cert(r)) for r in rows]
 
     # state
     async def get_state(self, name: str) -> CertificateState | None:
@@ -354,7 +364,8 @@ class SqliteStore:
             "replaces) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(url) DO UPDATE SET "
             "status = excluded.status, error = excluded.error, key_pem = excluded.key_pem",
             (order.url, order.certificate, order.status, _ts(order.created_at), order.error,
-             json.dumps(list(order.domains)), order.key_pem, order.replaces),
+             json.dumps(list(order.domains)), self.sealer.order_in(order).key_pem,
+             order.replaces),
         )
 
     async def orders(self, certificate: str | None = None, limit: int = 100) -> list[Order]:
@@ -363,11 +374,7 @@ class SqliteStore:
             "ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (certificate, certificate, limit),
         )
-        return [
-            Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"],
-                  tuple(json.loads(r["domains"] or "[]")), r["key_pem"], r["replaces"])
-            for r in rows
-        ]
+        return [self.sealer.order_out(_order(r)) for r in rows]
 
     async def unfinished_orders(self) -> list[Order]:
         rows = await self._all(
@@ -376,11 +383,7 @@ class SqliteStore:
             "WHERE o.status IN ('pending', 'ready', 'processing') "
             "OR (o.status = 'valid' AND o.key_pem IS NOT NULL)"
         )
-        return [
-            Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"],
-                  tuple(json.loads(r["domains"] or "[]")), r["key_pem"], r["replaces"])
-            for r in rows
-        ]
+        return [self.sealer.order_out(_order(r)) for r in rows]
 
     # aliases
     async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
@@ -576,6 +579,12 @@ class SqliteStore:
             await self._durable()
         return certs + orders
 
+    async def reseal(self) -> int:
+        """Seal every private key under the key file's first key (plain ones, and those
+        under an older key); returns how many rows changed. Runs at each open."""
+        return await reseal_sql(self.sealer, lambda i: "?", self._all,
+                                lambda sql, args: self._exec(sql, args), self.transaction)
+
     async def last_event_id(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM events")
         return row[0]
@@ -607,6 +616,34 @@ class SqliteStore:
 
     async def release_lease(self, name: str, owner: str) -> None:
         await self._exec("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    async def leases(self, now: datetime) -> list[tuple[str, str, datetime]]:
+        rows = await self._all("SELECT name, owner, expires_at FROM leases "
+                               "WHERE expires_at > ? ORDER BY name", (_ts(now),))
+        return [(r["name"], r["owner"], _dt(r["expires_at"])) for r in rows]
+
+    async def purge_leases(self, now: datetime) -> int:
+        return await self._exec("DELETE FROM leases WHERE expires_at <= ?", (_ts(now),))
+
+    # instances sharing the store (issue 13, item 7)
+    async def heartbeat(self, instance: Instance, forget_before: datetime) -> None:
+        async with self.transaction():
+            await self._exec("DELETE FROM instances WHERE last_seen_at < ?",
+                             (_ts(forget_before),))
+            await self._exec(
+                "INSERT INTO instances (id, host, pid, started_at, last_seen_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "last_seen_at = excluded.last_seen_at",
+                (instance.id, instance.host, instance.pid, _ts(instance.started_at),
+                 _ts(instance.last_seen_at)))
+
+    async def instances(self) -> list[Instance]:
+        rows = await self._all("SELECT * FROM instances ORDER BY id")
+        return [Instance(r["id"], r["host"], r["pid"], _dt(r["started_at"]),
+                         _dt(r["last_seen_at"])) for r in rows]
+
+    async def remove_instance(self, instance_id: str) -> None:
+        await self._exec("DELETE FROM instances WHERE id = ?", (instance_id,))
 
     # alerts (issue 6): one row per finding key. A sweep's writes are one statement each
     # over a JSON array (json_each): atomic, one round trip, and nothing else running on the
@@ -695,6 +732,11 @@ def _reason(exc: Exception) -> str:
     if name.startswith("SQLITE_CANTOPEN"):  # WAL mode also writes -wal and -shm beside it
         return f"{exc} (it, or its -wal and -shm files, cannot be opened for writing)"
     return str(exc)
+
+
+def _order(r: sqlite3.Row) -> Order:
+    return Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"],
+                 tuple(json.loads(r["domains"] or "[]")), r["key_pem"], r["replaces"])
 
 
 def _state(row: sqlite3.Row) -> CertificateState:

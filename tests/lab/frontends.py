@@ -77,6 +77,12 @@ http {{
     }}
     access_log {prefix}/access.log lab if=$lab_loggable;
 
+    # the challenge listener(s): one certd, or several instances sharing one store
+    # (Lab.set_challenge_servers); a refused or timed-out one is skipped for the next
+    upstream certd_challenges {{
+{challenge_servers}
+    }}
+
     # SNI name -> certificate directory under {certs}
     map $ssl_server_name $certd_cert {{
         hostnames;
@@ -89,7 +95,8 @@ http {{
         server_name _;
 
         location /.well-known/acme-challenge/ {{
-            proxy_pass http://{challenge_listen};
+            proxy_pass http://certd_challenges;
+            proxy_next_upstream error timeout http_502 http_503;
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Lab-Node {name};
@@ -169,6 +176,7 @@ class NginxNode:
         self.pid_path = self.prefix / "nginx.pid"
         self.generation = 0
         self.challenge_listen = challenge_listen
+        self.challenge_servers: list[str] = [challenge_listen]  # the upstream's servers
         self.process = self._new_process()
 
     def _new_process(self) -> ManagedProcess:
@@ -209,7 +217,8 @@ class NginxNode:
                 key_file=KEY_FILE,
                 http_port=self.http_port,
                 tls_port=self.tls_port,
-                challenge_listen=self.challenge_listen,
+                challenge_servers="\n".join(f"        server {a} max_fails=0;"
+                                             for a in self.challenge_servers),
                 generation_path=GENERATION_PATH,
             )
         )

@@ -198,6 +198,17 @@ class Lab(StopOnExit):
         for frontend in self.frontends.values():
             frontend.reload(self._timeout)
 
+    def set_challenge_servers(self, addresses: Sequence[str] | None = None) -> None:
+        """Make every node's ``/.well-known/acme-challenge/`` upstream name ``addresses``
+        (``host:port`` each; round robin, a refused one skipped for the next): several certd
+        instances behind the frontends. None: back to ``challenge_listen`` alone. Rewrites
+        the config, reloads and waits for every nginx."""
+        for frontend in self.frontends.values():
+            frontend.challenge_servers = list(addresses or [self.challenge_listen])
+            frontend.write_config()
+        for frontend in self.frontends.values():
+            frontend.reload(self._timeout)
+
     def reload_node(self, node: str) -> None:
         """Reload one nginx and wait for it, as ``reload_command`` would (but synchronously)."""
         self._frontend(node).reload(self._timeout)
