@@ -32,8 +32,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-import asyncpg
-
 from certd.errors import StoreError
 from certd.model import (
     Account,
@@ -42,25 +40,23 @@ from certd.model import (
     AriState,
     CertDetails,
     CertificateState,
-    CertStatus,
     CertSummary,
     Challenge,
     Deployment,
-    DeployStatus,
     Event,
-    Finding,
     Instance,
     IssuedCertificate,
     Order,
-    Severity,
 )
 from certd.store.base import BundleGrant
 from certd.store.pg_challenges import ChallengeCache
 from certd.store.pg_pool import FAILURES, PgConnections
 from certd.store.pg_schema import EVENTS_LOCK
+from certd.store.rows import NATIVE, Mappers
 from certd.store.sealing import KeyRing, Sealer, reseal_sql
 
 log = logging.getLogger(__name__)
+ROWS = Mappers(NATIVE)  # stored rows back into model objects
 
 PURGE_BATCH = 5000  # events deleted per statement by purge_events
 
@@ -186,19 +182,19 @@ class PostgresStore(PgConnections):
         row = await self._one(
             "SELECT * FROM certificates WHERE name = $1 AND key_pem <> '' "
             "ORDER BY id DESC LIMIT 1", name)
-        return None if row is None else self.sealer.cert_out(_cert(row))
+        return None if row is None else self.sealer.cert_out(ROWS.certificate(row))
 
     async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]:
         rows = await self._all(
             "SELECT * FROM (SELECT * FROM certificates WHERE name = $1 ORDER BY id DESC "
             "LIMIT $2) recent ORDER BY id", name, limit)
-        return [self.sealer.cert_out(_cert(r)) for r in rows]
+        return [self.sealer.cert_out(ROWS.certificate(r)) for r in rows]
 
     # ----------------------------------------------------------------------- state
 
     async def get_state(self, name: str) -> CertificateState | None:
         row = await self._one("SELECT * FROM cert_state WHERE name = $1", name)
-        return None if row is None else _state(row)
+        return None if row is None else ROWS.state(row)
 
     async def put_state(self, state: CertificateState) -> None:
         s = state
@@ -216,7 +212,7 @@ class PostgresStore(PgConnections):
         rows = await self._all(
             "SELECT * FROM orders WHERE ($1::text IS NULL OR certificate = $1) "
             "ORDER BY created_at DESC, seq DESC LIMIT $2", certificate, limit)
-        return [self.sealer.order_out(_order(r)) for r in rows]
+        return [self.sealer.order_out(ROWS.order(r)) for r in rows]
 
     async def unfinished_orders(self) -> list[Order]:
         rows = await self._all(
@@ -224,7 +220,7 @@ class PostgresStore(PgConnections):
             "ORDER BY certificate, seq DESC) latest "
             "WHERE status IN ('pending', 'ready', 'processing') "
             "OR (status = 'valid' AND key_pem IS NOT NULL) ORDER BY seq")
-        return [self.sealer.order_out(_order(r)) for r in rows]
+        return [self.sealer.order_out(ROWS.order(r)) for r in rows]
 
     # --------------------------------------------------------------------- aliases
 
@@ -237,7 +233,7 @@ class PostgresStore(PgConnections):
 
     async def get_alias(self, domain: str) -> Alias | None:
         row = await self._one("SELECT * FROM aliases WHERE domain = $1", domain)
-        return None if row is None else _alias(row)
+        return None if row is None else ROWS.alias(row)
 
     async def list_aliases(self, *, limit: int | None = None, after: str | None = None
                            ) -> list[Alias]:
@@ -247,7 +243,7 @@ class PostgresStore(PgConnections):
         else:
             rows = await self._all("SELECT * FROM aliases WHERE domain > $1 ORDER BY domain "
                                    "LIMIT $2", after, limit)
-        return [_alias(r) for r in rows]
+        return [ROWS.alias(r) for r in rows]
 
     async def mark_alias_removing(self, domain: str) -> None:
         await self._exec("UPDATE aliases SET removing = true WHERE domain = $1", domain)
@@ -259,7 +255,7 @@ class PostgresStore(PgConnections):
 
     async def get_ari(self, name: str) -> AriState | None:
         row = await self._one("SELECT * FROM ari WHERE name = $1", name)
-        return None if row is None else _ari(row)
+        return None if row is None else ROWS.ari(row)
 
     async def put_ari(self, ari: AriState) -> None:
         a = ari
@@ -289,27 +285,27 @@ class PostgresStore(PgConnections):
                                                 AriState | None]]:
         out: dict[str, list] = {}
         for r in await self._all(_LATEST_CERTS.format(where="")):
-            out.setdefault(r["name"], [None, None, None])[0] = _summary(r)
+            out.setdefault(r["name"], [None, None, None])[0] = ROWS.summary(r)
         for r in await self._all("SELECT * FROM cert_state"):
-            out.setdefault(r["name"], [None, None, None])[1] = _state(r)
+            out.setdefault(r["name"], [None, None, None])[1] = ROWS.state(r)
         for r in await self._all("SELECT * FROM ari"):
-            out.setdefault(r["name"], [None, None, None])[2] = _ari(r)
+            out.setdefault(r["name"], [None, None, None])[2] = ROWS.ari(r)
         return {name: tuple(v) for name, v in out.items()}
 
     async def details(self, names: Sequence[str]) -> dict[str, CertDetails]:
         names = list(dict.fromkeys(names))
         if not names:
             return {}
-        certs = {r["name"]: _summary(r) for r in await self._all(
+        certs = {r["name"]: ROWS.summary(r) for r in await self._all(
             _LATEST_CERTS.format(where="AND name = ANY($1::text[])"), names)}
-        states = {r["name"]: _state(r) for r in await self._all(
+        states = {r["name"]: ROWS.state(r) for r in await self._all(
             "SELECT * FROM cert_state WHERE name = ANY($1::text[])", names)}
-        aris = {r["name"]: _ari(r) for r in await self._all(
+        aris = {r["name"]: ROWS.ari(r) for r in await self._all(
             "SELECT * FROM ari WHERE name = ANY($1::text[])", names)}
         deps: dict[str, list[Deployment]] = {}
         for r in await self._all("SELECT * FROM deployments WHERE certificate = ANY($1::text[]) "
                                  "ORDER BY certificate, frontend, node", names):
-            deps.setdefault(r["certificate"], []).append(_deployment(r))
+            deps.setdefault(r["certificate"], []).append(ROWS.deployment(r))
         return {name: CertDetails(certs.get(name), states.get(name), aris.get(name),
                                   tuple(deps.get(name, ()))) for name in names}
 
@@ -324,7 +320,7 @@ class PostgresStore(PgConnections):
         rows = await self._all(
             "SELECT * FROM deployments WHERE certificate = $1 ORDER BY frontend, node",
             certificate)
-        return [_deployment(r) for r in rows]
+        return [ROWS.deployment(r) for r in rows]
 
     # ---------------------------------------------------------------------- events
 
@@ -347,12 +343,12 @@ class PostgresStore(PgConnections):
             "SELECT * FROM events WHERE ($1::text IS NULL OR certificate = $1) "
             "AND ($2::text IS NULL OR kind = $2) ORDER BY id DESC LIMIT $3",
             certificate, kind, limit)
-        return [_event(r) for r in rows]
+        return [ROWS.event(r) for r in rows]
 
     async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
         rows = await self._all("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2",
                                after_id, limit)
-        return [_event(r) for r in rows]
+        return [ROWS.event(r) for r in rows]
 
     async def event_counts(self) -> dict[str, int]:
         # kept by the events_counted trigger: one row per kind, not a scan
@@ -471,7 +467,7 @@ class PostgresStore(PgConnections):
 
     async def active_alerts(self) -> list[Alert]:
         rows = await self._all("SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY key")
-        return [_alert(r) for r in rows]
+        return [ROWS.alert(r) for r in rows]
 
     async def put_alert(self, alert: Alert) -> None:
         await self.put_alerts([alert])
@@ -578,62 +574,3 @@ _PUT_DEPLOYMENT = _upsert("deployments", "certificate frontend node serial statu
 _PUT_ALERT = _upsert("alerts", "key check_id severity domain node message certificate serial "
                      "not_after days_remaining first_seen last_seen notified_at "
                      "notified_severity resolved_at", "key")
-
-
-def _state(r: asyncpg.Record) -> CertificateState:
-    return CertificateState(name=r["name"], status=CertStatus(r["status"]),
-                            last_error=r["last_error"], attempts=r["attempts"],
-                            next_attempt_at=r["next_attempt_at"], updated_at=r["updated_at"])
-
-
-def _summary(r: asyncpg.Record) -> CertSummary:
-    return CertSummary(r["name"], r["serial"], tuple(r["domains"]), r["not_before"],
-                       r["not_after"], r["issued_at"], r["fingerprint_sha256"])
-
-
-def _order(r: asyncpg.Record) -> Order:
-    return Order(r["certificate"], r["url"], r["status"], r["created_at"], r["error"],
-                 tuple(r["domains"] or ()), r["key_pem"], r["replaces"])
-
-
-def _event(r: asyncpg.Record) -> Event:
-    return Event(kind=r["kind"], message=r["message"], severity=Severity(r["severity"]),
-                 certificate=r["certificate"], node=r["node"], data=json.loads(r["data"]),
-                 at=r["at"], id=r["id"])
-
-
-def _deployment(r: asyncpg.Record) -> Deployment:
-    return Deployment(r["certificate"], r["frontend"], r["node"], r["serial"],
-                      DeployStatus(r["status"]), r["message"], r["updated_at"], r["batch"],
-                      r["seconds"])
-
-
-def _alias(r: asyncpg.Record) -> Alias:
-    return Alias(r["domain"], tuple(r["frontends"]), r["created_by"], r["created_at"],
-                 r["removing"])
-
-
-def _ari(r: asyncpg.Record) -> AriState:
-    return AriState(name=r["name"], serial=r["serial"], window_start=r["window_start"],
-                    window_end=r["window_end"], renew_at=r["renew_at"],
-                    next_check_at=r["next_check_at"], explanation_url=r["explanation_url"],
-                    checked_at=r["checked_at"])
-
-
-def _cert(r: asyncpg.Record) -> IssuedCertificate:
-    return IssuedCertificate(
-        name=r["name"], serial=r["serial"], domains=tuple(r["domains"]),
-        not_before=r["not_before"], not_after=r["not_after"], cert_pem=r["cert_pem"],
-        chain_pem=r["chain_pem"], key_pem=r["key_pem"],
-        fingerprint_sha256=r["fingerprint_sha256"], issued_at=r["issued_at"],
-        order_url=r["order_url"], id=r["id"])
-
-
-def _alert(r: asyncpg.Record) -> Alert:
-    finding = Finding(
-        check=r["check_id"], severity=Severity(r["severity"]), domain=r["domain"],
-        node=r["node"], message=r["message"], certificate=r["certificate"], serial=r["serial"],
-        not_after=r["not_after"], days_remaining=r["days_remaining"])
-    notified = r["notified_severity"]
-    return Alert(finding, r["first_seen"], r["last_seen"], r["notified_at"],
-                 None if notified is None else Severity(notified), r["resolved_at"])

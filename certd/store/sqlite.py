@@ -25,23 +25,21 @@ from certd.model import (
     AriState,
     CertDetails,
     CertificateState,
-    CertStatus,
     CertSummary,
     Challenge,
     Deployment,
-    DeployStatus,
     Event,
-    Finding,
     Instance,
     IssuedCertificate,
     Order,
-    Severity,
 )
 from certd.store.base import BundleGrant
 from certd.store.migrations import MIGRATIONS, newer_schema
+from certd.store.rows import SQLITE, Mappers
 from certd.store.sealing import KeyRing, Sealer, reseal_sql
 
 log = logging.getLogger(__name__)
+ROWS = Mappers(SQLITE)  # stored rows back into model objects
 
 PURGE_BATCH = 5000  # events deleted per statement by purge_events
 
@@ -327,7 +325,7 @@ class SqliteStore:
             "SELECT * FROM certificates WHERE name = ? AND key_pem <> '' "
             "ORDER BY id DESC LIMIT 1", (name,)
         )
-        return None if row is None else self.sealer.cert_out(_cert(row))
+        return None if row is None else self.sealer.cert_out(ROWS.certificate(row))
 
     async def certificate_history(self, name: str, limit: int = 20) -> list[IssuedCertificate]:
         rows = await self._all(
@@ -335,12 +333,12 @@ class SqliteStore:
             "ORDER BY id",
             (name, limit),
         )
-        return [self.sealer.cert_out(_cert(r)) for r in rows]
+        return [self.sealer.cert_out(ROWS.certificate(r)) for r in rows]
 
     # state
     async def get_state(self, name: str) -> CertificateState | None:
         row = await self._one("SELECT * FROM cert_state WHERE name = ?", (name,))
-        return None if row is None else _state(row)
+        return None if row is None else ROWS.state(row)
 
     async def put_state(self, state: CertificateState) -> None:
         await self._exec(
@@ -374,7 +372,7 @@ class SqliteStore:
             "ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (certificate, certificate, limit),
         )
-        return [self.sealer.order_out(_order(r)) for r in rows]
+        return [self.sealer.order_out(ROWS.order(r)) for r in rows]
 
     async def unfinished_orders(self) -> list[Order]:
         rows = await self._all(
@@ -383,7 +381,7 @@ class SqliteStore:
             "WHERE o.status IN ('pending', 'ready', 'processing') "
             "OR (o.status = 'valid' AND o.key_pem IS NOT NULL)"
         )
-        return [self.sealer.order_out(_order(r)) for r in rows]
+        return [self.sealer.order_out(ROWS.order(r)) for r in rows]
 
     # aliases
     async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
@@ -397,7 +395,7 @@ class SqliteStore:
 
     async def get_alias(self, domain: str) -> Alias | None:
         row = await self._one("SELECT * FROM aliases WHERE domain = ?", (domain,))
-        return None if row is None else _alias(row)
+        return None if row is None else ROWS.alias(row)
 
     async def list_aliases(self, *, limit: int | None = None, after: str | None = None
                            ) -> list[Alias]:
@@ -408,7 +406,7 @@ class SqliteStore:
         else:
             rows = await self._all("SELECT * FROM aliases WHERE domain > ? ORDER BY domain "
                                    "LIMIT ?", (after, -1 if limit is None else limit))
-        return [_alias(r) for r in rows]
+        return [ROWS.alias(r) for r in rows]
 
     async def mark_alias_removing(self, domain: str) -> None:
         await self._exec("UPDATE aliases SET removing = 1 WHERE domain = ?", (domain,))
@@ -419,7 +417,7 @@ class SqliteStore:
     # ARI windows
     async def get_ari(self, name: str) -> AriState | None:
         row = await self._one("SELECT * FROM ari WHERE name = ?", (name,))
-        return None if row is None else _ari(row)
+        return None if row is None else ROWS.ari(row)
 
     async def put_ari(self, ari: AriState) -> None:
         await self._exec(
@@ -456,11 +454,11 @@ class SqliteStore:
                                                 AriState | None]]:
         out: dict[str, list] = {}
         for r in await self._all(_LATEST_CERTS.format(where="")):
-            out.setdefault(r[0], [None, None, None])[0] = _summary(r)
+            out.setdefault(r[0], [None, None, None])[0] = ROWS.summary(r)
         for r in await self._all("SELECT * FROM cert_state"):
-            out.setdefault(r["name"], [None, None, None])[1] = _state(r)
+            out.setdefault(r["name"], [None, None, None])[1] = ROWS.state(r)
         for r in await self._all("SELECT * FROM ari"):
-            out.setdefault(r["name"], [None, None, None])[2] = _ari(r)
+            out.setdefault(r["name"], [None, None, None])[2] = ROWS.ari(r)
         return {name: tuple(v) for name, v in out.items()}
 
     async def details(self, names: Sequence[str]) -> dict[str, CertDetails]:
@@ -469,16 +467,16 @@ class SqliteStore:
         for i in range(0, len(names), 500):  # SQLite's bound-parameter limit
             chunk = names[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            certs = {r[0]: _summary(r) for r in await self._all(
+            certs = {r[0]: ROWS.summary(r) for r in await self._all(
                 _LATEST_CERTS.format(where=f"AND name IN ({marks})"), chunk)}
-            states = {r["name"]: _state(r) for r in await self._all(
+            states = {r["name"]: ROWS.state(r) for r in await self._all(
                 f"SELECT * FROM cert_state WHERE name IN ({marks})", chunk)}
-            aris = {r["name"]: _ari(r) for r in await self._all(
+            aris = {r["name"]: ROWS.ari(r) for r in await self._all(
                 f"SELECT * FROM ari WHERE name IN ({marks})", chunk)}
             deps: dict[str, list[Deployment]] = {}
             for r in await self._all(f"SELECT * FROM deployments WHERE certificate IN ({marks}) "
                                      "ORDER BY certificate, frontend, node", chunk):
-                deps.setdefault(r["certificate"], []).append(_deployment(r))
+                deps.setdefault(r["certificate"], []).append(ROWS.deployment(r))
             for name in chunk:
                 out[name] = CertDetails(certs.get(name), states.get(name), aris.get(name),
                                         tuple(deps.get(name, ())))
@@ -500,7 +498,7 @@ class SqliteStore:
             "SELECT * FROM deployments WHERE certificate = ? ORDER BY frontend, node",
             (certificate,),
         )
-        return [_deployment(r) for r in rows]
+        return [ROWS.deployment(r) for r in rows]
 
     # events
     async def add_event(self, event: Event) -> None:
@@ -519,12 +517,12 @@ class SqliteStore:
             "AND (:k IS NULL OR kind = :k) ORDER BY id DESC LIMIT :n",
             {"c": certificate, "k": kind, "n": limit},
         )
-        return [_event(r) for r in rows]
+        return [ROWS.event(r) for r in rows]
 
     async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
         rows = await self._all("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",
                                (after_id, limit))
-        return [_event(r) for r in rows]
+        return [ROWS.event(r) for r in rows]
 
     async def event_counts(self) -> dict[str, int]:
         # kept by the events_counted trigger (migration 5): one row per kind, not a scan
@@ -650,7 +648,7 @@ class SqliteStore:
     # shared connection can interleave with them.
     async def active_alerts(self) -> list[Alert]:
         rows = await self._all("SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY key")
-        return [_alert(r) for r in rows]
+        return [ROWS.alert(r) for r in rows]
 
     async def put_alert(self, alert: Alert) -> None:
         await self.put_alerts([alert])
@@ -734,20 +732,6 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _order(r: sqlite3.Row) -> Order:
-    return Order(r["certificate"], r["url"], r["status"], _dt(r["created_at"]), r["error"],
-                 tuple(json.loads(r["domains"] or "[]")), r["key_pem"], r["replaces"])
-
-
-def _state(row: sqlite3.Row) -> CertificateState:
-    return CertificateState(
-        name=row["name"],
-        status=CertStatus(row["status"]),
-        last_error=row["last_error"],
-        attempts=row["attempts"],
-        next_attempt_at=_dt(row["next_attempt_at"]),
-        updated_at=_dt(row["updated_at"]),
-    )
 
 
 _LATEST_CERTS = (
@@ -755,62 +739,3 @@ _LATEST_CERTS = (
     "c.fingerprint_sha256 FROM certificates c JOIN (SELECT name, MAX(id) AS id FROM "
     "certificates WHERE key_pem <> '' {where} GROUP BY name) latest ON c.id = latest.id"
 )
-
-
-def _summary(r: sqlite3.Row) -> CertSummary:
-    return CertSummary(r[0], r[1], tuple(json.loads(r[2])), _dt(r[3]), _dt(r[4]), _dt(r[5]),
-                       r[6])
-
-
-def _event(r: sqlite3.Row) -> Event:
-    return Event(kind=r["kind"], message=r["message"], severity=Severity(r["severity"]),
-                 certificate=r["certificate"], node=r["node"], data=json.loads(r["data"]),
-                 at=_dt(r["at"]), id=r["id"])
-
-
-def _deployment(r: sqlite3.Row) -> Deployment:
-    return Deployment(r["certificate"], r["frontend"], r["node"], r["serial"],
-                      DeployStatus(r["status"]), r["message"], _dt(r["updated_at"]),
-                      r["batch"], r["seconds"])
-
-
-def _alias(row: sqlite3.Row) -> Alias:
-    return Alias(row["domain"], tuple(json.loads(row["frontends"])), row["created_by"],
-                 _dt(row["created_at"]), bool(row["removing"]))
-
-
-def _ari(row: sqlite3.Row) -> AriState:
-    return AriState(
-        name=row["name"], serial=row["serial"], window_start=_dt(row["window_start"]),
-        window_end=_dt(row["window_end"]), renew_at=_dt(row["renew_at"]),
-        next_check_at=_dt(row["next_check_at"]), explanation_url=row["explanation_url"],
-        checked_at=_dt(row["checked_at"]),
-    )
-
-
-def _cert(row: sqlite3.Row) -> IssuedCertificate:
-    return IssuedCertificate(
-        name=row["name"],
-        serial=row["serial"],
-        domains=tuple(json.loads(row["domains"])),
-        not_before=_dt(row["not_before"]),
-        not_after=_dt(row["not_after"]),
-        cert_pem=row["cert_pem"],
-        chain_pem=row["chain_pem"],
-        key_pem=row["key_pem"],
-        fingerprint_sha256=row["fingerprint_sha256"],
-        issued_at=_dt(row["issued_at"]),
-        order_url=row["order_url"],
-        id=row["id"],
-    )
-
-
-def _alert(r: sqlite3.Row) -> Alert:
-    finding = Finding(
-        check=r["check_id"], severity=Severity(r["severity"]), domain=r["domain"],
-        node=r["node"], message=r["message"], certificate=r["certificate"], serial=r["serial"],
-        not_after=_dt(r["not_after"]), days_remaining=r["days_remaining"],
-    )
-    notified = r["notified_severity"]
-    return Alert(finding, _dt(r["first_seen"]), _dt(r["last_seen"]), _dt(r["notified_at"]),
-                 None if notified is None else Severity(notified), _dt(r["resolved_at"]))
