@@ -35,7 +35,8 @@ def daemon(tmp_path):
         "acme": {"directory": f"https://127.0.0.1:{free_port()}/dir", "timeout": "2s"},
         "challenge": {"listen": f"127.0.0.1:{challenge_port}",
                       "limits": {"max_connections": CHALLENGE_CAP, **limits}},
-        "api": {"listen": f"127.0.0.1:{api_port}",
+        # one API process: the guard's caps and its log lines are per process (api.workers)
+        "api": {"listen": f"127.0.0.1:{api_port}", "workers": 1,
                 "limits": {"max_connections": API_CAP, **limits}},
         "frontends": {"web": {"nodes": [{"name": "fe1", "address": "127.0.0.2"}],
                               "deployer": {"type": "file", "path": str(tmp_path) + "/{node}"}}},
