@@ -19,7 +19,8 @@ Contract, for every implementation (SQLite now, PostgreSQL later):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hmac
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +51,16 @@ class BundleGrant:
     batch: str
     minion: str
     items: tuple[tuple[str, str], ...]
+
+
+def matching_digest(known: Iterable[str], presented: str) -> str | None:
+    """The digest of `known` equal to `presented`, compared in constant time against every
+    one (a bundle token's lookup must not tell by its timing how much of a guess matched)."""
+    match = None
+    for digest in known:
+        if hmac.compare_digest(digest.encode(), presented.encode()):
+            match = digest
+    return match
 
 
 class Store(Protocol):

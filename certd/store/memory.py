@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hmac
 import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -48,7 +47,7 @@ from certd.model import (
     IssuedCertificate,
     Order,
 )
-from certd.store.base import BundleGrant
+from certd.store.base import BundleGrant, matching_digest
 from certd.store.sealing import ACCOUNTS, CERTIFICATES, ORDERS, KeyRing, Sealer
 
 UNFINISHED = ("pending", "ready", "processing")  # order statuses a run can resume
@@ -518,11 +517,8 @@ class MemoryStore:
                                 ) -> BundleGrant | None:
         now = _utc(now)
         db = await self._db()
-        match = None
-        for digest, token in db.tokens.items():  # constant time, as the SQLite store does
-            if token.batch == batch and hmac.compare_digest(digest.encode(),
-                                                            token_sha256.encode()):
-                match = digest
+        match = matching_digest((d for d, t in db.tokens.items() if t.batch == batch),
+                                token_sha256)
         token = db.tokens.get(match) if match is not None else None
         if token is None or token.used_at is not None or token.expires_at <= now:
             return None

@@ -25,7 +25,6 @@ lingers of a key written after it was configured is ciphertext.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Sequence
@@ -48,7 +47,7 @@ from certd.model import (
     IssuedCertificate,
     Order,
 )
-from certd.store.base import BundleGrant
+from certd.store.base import BundleGrant, matching_digest
 from certd.store.pg_challenges import ChallengeCache
 from certd.store.pg_pool import FAILURES, PgConnections
 from certd.store.pg_schema import EVENTS_LOCK
@@ -507,10 +506,7 @@ class PostgresStore(PgConnections):
         # the batch's few digests compared in constant time here, not by the index lookup
         known = await self._all("SELECT token_sha256 FROM bundle_tokens WHERE batch = $1",
                                 batch)
-        match = None
-        for r in known:
-            if hmac.compare_digest(r["token_sha256"].encode(), token_sha256.encode()):
-                match = r["token_sha256"]
+        match = matching_digest((r["token_sha256"] for r in known), token_sha256)
         if match is None:
             return None
         # one UPDATE: of concurrent takes, the row lock lets one through; the others see

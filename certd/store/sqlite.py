@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from certd.model import (
     IssuedCertificate,
     Order,
 )
-from certd.store.base import BundleGrant
+from certd.store.base import BundleGrant, matching_digest
 from certd.store.migrations import MIGRATIONS, newer_schema
 from certd.store.rows import SQLITE, Mappers
 from certd.store.sealing import KeyRing, Sealer, reseal_sql
@@ -699,10 +698,7 @@ class SqliteStore:
         # the batch's few digests compared in constant time here, not by the index lookup
         known = await self._all("SELECT token_sha256 FROM bundle_tokens WHERE batch = ?",
                                 (batch,))
-        match = None
-        for r in known:
-            if hmac.compare_digest(r["token_sha256"].encode(), token_sha256.encode()):
-                match = r["token_sha256"]
+        match = matching_digest((r["token_sha256"] for r in known), token_sha256)
         if match is None:
             return None
         row = await self._one(
