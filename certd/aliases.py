@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from certd import names
-from certd.errors import AliasError, CertdError, StoreError
-from certd.model import Alias, Event, utcnow
+from certd.errors import AcmeError, AliasError, CertdError, StoreError
+from certd.issuance import dns_persist, profiles
+from certd.model import Alias, CertificateState, CertStatus, Event, utcnow
 from certd.service import Certd
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,72 @@ def check_frontends(raw: object, certd: Certd) -> tuple[str, ...]:
     return tuple(dict.fromkeys(frontends))
 
 
+def check_validation(raw: object) -> str:
+    """How the CA validates the alias: "http-01" (the default: through the frontends) or
+    "dns-persist" (the customer's persistent TXT record, certd/issuance/dns_persist.py)."""
+    if not isinstance(raw, str) or raw not in dns_persist.VALIDATIONS:
+        raise AliasError("validation must be one of " + ", ".join(dns_persist.VALIDATIONS),
+                         kind="invalid-validation")
+    return raw
+
+
+async def check_profile(raw: object, certd: Certd) -> str | None:
+    """The ACME profile asked for (None: acme.profile applies), a usable name the CA offers
+    (certd/issuance/profiles.py). While the CA's directory cannot be read, a well-formed name
+    is accepted: it is checked again before any order."""
+    if raw is None:
+        return None
+    try:
+        profile = profiles.check_name(raw)
+    except ValueError as exc:
+        raise AliasError(f"profile {exc}", kind="invalid-profile") from None
+    try:
+        available = await certd.issuer.client.profiles()
+    except AcmeError as exc:
+        log.info("aliases: profile %s not checked now (directory unavailable: %s)", profile,
+                 exc)
+        return profile
+    if available and profile not in available:
+        raise AliasError(f"profile {profile} is not offered by the CA (it offers: "
+                         f"{', '.join(sorted(available))})", kind="invalid-profile")
+    return profile
+
+
+def _refuse_other_profile(alias: Alias, profile: str | None) -> None:
+    if profile is not None and alias.profile != profile:
+        raise AliasError(f"{alias.domain} exists with profile {alias.profile or '(default)'}",
+                         kind="conflict")
+
+
+async def dns_records(certd: Certd, items: list[Alias]) -> dict[str, dict]:
+    """domain -> the TXT record (name, type, value) the customer of each dns-persist alias
+    of `items` must publish. Registers certd's ACME account if there is none yet (the record
+    names it); while the CA cannot be reached for that, or if the configured CA identity
+    cannot be written in a record, those aliases have none (logged)."""
+    wanted = [a for a in items if a.validation == dns_persist.DNS_PERSIST]
+    if not wanted:
+        return {}
+    try:
+        await certd.issuer.ensure_account()
+    except AcmeError as exc:
+        log.warning("aliases: no ACME account yet for dns-persist records: %s", exc)
+        return {}
+    out = {}
+    for alias in wanted:
+        try:
+            out[alias.domain] = dns_persist.published_record(
+                certd.config, certd.issuer.client.account_uri, alias.domain)
+        except ValueError as exc:
+            log.warning("aliases: %s: no dns-persist record: %s", alias.domain, exc)
+    return out
+
+
+def _refuse_other_validation(alias: Alias, validation: str) -> None:
+    if alias.validation != validation:
+        raise AliasError(f"{alias.domain} exists with validation {alias.validation}",
+                         kind="conflict")
+
+
 def _refuse_removing(alias: Alias) -> None:
     if alias.removing:
         raise AliasError(f"{alias.domain} is being removed from the nodes; add it again "
@@ -57,37 +124,81 @@ def _refuse_removing(alias: Alias) -> None:
 
 
 async def add(certd: Certd, domain: object, frontends: object = DEFAULT, *, who: str,
-              now: datetime | None = None) -> Added:
+              now: datetime | None = None, validation: object = "http-01",
+              profile: object = None) -> Added:
     """Add the alias `domain` for the token (or person) `who`: checked, counted against
     `who`'s hourly quota, stored, audited. An alias that exists already is returned as it is
-    (created=False). Raises AliasError; StoreError if the store is unavailable."""
+    (created=False). With validation "dns-persist", certd's ACME account is registered first
+    if need be (the record to publish names it; if the CA cannot be reached, the alias is
+    added anyway and the record shows once the account exists) and the new alias starts
+    awaiting_dns. Raises AliasError; StoreError if the store is unavailable."""
     name = check_domain(domain, certd)
     groups = check_frontends(frontends, certd)
+    validation = check_validation(validation)
+    profile = await check_profile(profile, certd)
+    if validation == dns_persist.DNS_PERSIST:
+        issuer = dns_persist.issuer_domain_name(certd.config)
+        if not issuer:
+            raise AliasError("dns-persist: no CA identity configured (acme.caa_identities)",
+                             kind="dns-persist-unavailable")
+        try:  # the record names certd's account: register it now if need be
+            await certd.issuer.ensure_account()
+        except AcmeError as exc:  # the CA unreachable: the record shows on a later read
+            log.warning("aliases: %s: no ACME account yet: %s", name, exc)
     existing = await certd.store.get_alias(name)
     if existing is not None:
         _refuse_removing(existing)
+        _refuse_other_validation(existing, validation)
+        _refuse_other_profile(existing, profile)
         return Added(existing, False)
     now = now or utcnow()
     limit = certd.config.domains.per_token_per_hour
-    used = await certd.store.ledger_times(QUOTA, who, now - QUOTA_WINDOW)
-    if len(used) >= limit:
-        retry = int((used[len(used) - limit] + QUOTA_WINDOW - now).total_seconds()) + 1
-        raise AliasError(f"{limit} new domains per hour for this token", kind="quota",
-                           retry_after=max(1, retry))
+    # One unit of work: the quota slot, the alias, its state and the audit event commit
+    # together. The slot is taken by the store in one step with its count (Store.ledger_take:
+    # concurrent requests of any worker or instance never pass the limit together), and an
+    # alias that a concurrent request created first rolls the unit back, slot included: an
+    # idempotent repeat never consumes quota.
     try:
-        alias, created = await certd.add_alias(Alias(name, groups, who, now))
-    except StoreError:
-        raise
-    except CertdError as exc:
-        raise AliasError(str(exc), kind="conflict") from None
-    if not created:  # a concurrent request won the race
-        _refuse_removing(alias)
-        return Added(alias, False)
-    await certd.store.ledger_add(QUOTA, [who], now)
-    await certd.store.add_event(Event("api.domain.add", f"api[{who}]: add {name}",
-                                      certificate=name,
-                                      data={"token": who, "frontends": list(groups)}))
+        async with certd.store.transaction():
+            oldest = await certd.store.ledger_take(QUOTA, who, now, since=now - QUOTA_WINDOW,
+                                                   limit=limit)
+            if oldest is not None:
+                retry = int((oldest + QUOTA_WINDOW - now).total_seconds()) + 1
+                raise AliasError(f"{limit} new domains per hour for this token", kind="quota",
+                                 retry_after=max(1, retry))
+            try:
+                alias, created = await certd.add_alias(Alias(name, groups, who, now,
+                                                             validation=validation,
+                                                             profile=profile))
+            except StoreError:
+                raise
+            except CertdError as exc:
+                raise AliasError(str(exc), kind="conflict") from None
+            if not created:  # a concurrent request won the race
+                raise _Existing(alias)
+            if validation == dns_persist.DNS_PERSIST:  # the customer's turn first: no order
+                await certd.store.put_state(CertificateState(name, CertStatus.AWAITING_DNS,
+                                                             updated_at=now))
+            await certd.store.add_event(Event("api.domain.add", f"api[{who}]: add {name}",
+                                              certificate=name,
+                                              data={"token": who, "frontends": list(groups),
+                                                    "validation": validation,
+                                                    "profile": profile}))
+    except _Existing as lost:
+        _refuse_removing(lost.alias)
+        _refuse_other_validation(lost.alias, validation)
+        _refuse_other_profile(lost.alias, profile)
+        return Added(lost.alias, False)
     return Added(alias, True)
+
+
+class _Existing(Exception):
+    """Raised inside `add`'s unit of work when the alias exists already: the rollback gives
+    back the quota slot taken for it."""
+
+    def __init__(self, alias: Alias):
+        super().__init__(alias.domain)
+        self.alias = alias
 
 
 async def issue_and_deploy(certd: Certd, domain: str) -> None:

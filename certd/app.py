@@ -20,8 +20,10 @@ from certd.api.http import TOKENS
 from certd.api.tokens import load_or_create
 from certd.config import Config, ListenerLimits, split_listen
 from certd.errors import CertdError, StoreError
-from certd.issuance.client import AcmeClient
-from certd.issuance.issuer import Issuer
+from certd.issuance import dns01, dns_persist
+from certd.issuance.http01 import Http01Solver
+from certd.issuance.issuers import build_pool, read_secrets
+from certd.issuance.solvers import Solvers
 from certd.listener import Guard, GuardedSite
 from certd.monitor import checks
 from certd.monitor.alerts import AlertBook
@@ -47,18 +49,21 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
     certd = None
     try:
-        acme = config.acme
-        client = AcmeClient(
-            acme.directory, session,
-            ca_bundle=str(acme.ca_bundle) if acme.ca_bundle else None,
-            timeout=acme.timeout.total_seconds(),
-        )
-        issuer = Issuer(
-            client, store, email=acme.email,
-            eab=(acme.eab.kid, await asyncio.to_thread(acme.eab.secret)) if acme.eab else None,
-            challenge_ttl=config.challenge.ttl, order_timeout=acme.order_timeout,
-        )
-        certd = Certd(config, store, issuer, build_deployers(config, store))
+        # which challenge proves which name (certd/issuance/solvers.py): http-01 by default;
+        # rules (dns-01 for some names) go into this list, first match wins
+        solvers = Solvers([], default=Http01Solver(store, ttl=config.challenge.ttl))
+        # the CAs in order (acme.issuers, or the single acme.directory): one ACME client,
+        # account and budget each, the solvers shared (certd/issuance/issuers.py)
+        issuers = build_pool(config, store, session, secrets=await read_secrets(config),
+                             solvers=solvers)
+        issuer = issuers.primary.issuer
+        # aliases added with validation dns-persist: the customer's persistent record
+        solvers.add(dns_persist.for_spec, dns_persist.build(config, issuer))
+        # dns-01 rules (config challenges:): RFC 2136 updates with TSIG; the secrets are read
+        # here, once. A rule covers the names config.challenge_rule gives it (first match)
+        for rule, solver in await asyncio.to_thread(dns01.build, config):
+            solvers.add(dns01_matcher(lambda: certd.config if certd else config, rule), solver)
+        certd = Certd(config, store, issuers, build_deployers(config, store))
         await certd.load_aliases()
         yield certd
     finally:
@@ -66,6 +71,13 @@ async def open_certd(config: Config) -> AsyncIterator[Certd]:
             await certd.close()
         await session.close()
         await store.close()
+
+
+def dns01_matcher(current: Callable[[], Config], rule) -> Callable:
+    """The Solvers matcher of one dns-01 rule: the names the running config's rules give it
+    (the certificate's `challenge`, else the first rule that covers the name). `challenges`
+    itself only changes with a restart (certd/reload.py), so the rule compares equal."""
+    return lambda spec, name: current().challenge_rule(name, spec.name) == rule
 
 
 DRAIN_SECONDS = 10  # queued notices get this long to go out when the monitor closes

@@ -35,20 +35,23 @@ class Verdict:
 
 
 class Budget:
-    def __init__(self, store: Store, limits: BudgetConfig, account: str):
+    def __init__(self, store: Store, limits: BudgetConfig, account: str, scope: str = ""):
         self.store = store
         self.limits = limits
         self.account = account  # ledger key for the per-account bucket
+        # prefix of the per-domain and per-name keys: each CA counts its own (the first
+        # issuer keeps the bare keys, as with a single CA; certd/issuance/issuers.py)
+        self.scope = scope
 
     async def check(self, domains: tuple[str, ...], now: datetime) -> Verdict:
         buckets = [(ORDER, self.account, ORDER_WINDOW, self.limits.orders_per_3h,
                     "new orders per account per 3h")]
         for reg in sorted({registered_domain(d) for d in domains}):
-            buckets.append((CERTIFICATE, reg, CERTIFICATE_WINDOW,
+            buckets.append((CERTIFICATE, self.scope + reg, CERTIFICATE_WINDOW,
                             self.limits.certificates_per_domain_per_week,
                             f"certificates for {reg} per week"))
         for name in domains:
-            buckets.append((FAILED_VALIDATION, name, FAILED_WINDOW,
+            buckets.append((FAILED_VALIDATION, self.scope + name, FAILED_WINDOW,
                             self.limits.failed_validations_per_name_per_hour,
                             f"failed validations of {name} per hour"))
         worst: Verdict | None = None
@@ -65,11 +68,11 @@ class Budget:
         await self.store.ledger_add(ORDER, [self.account], now)
 
     async def record_certificate(self, domains: tuple[str, ...], now: datetime) -> None:
-        await self.store.ledger_add(CERTIFICATE, sorted({registered_domain(d) for d in domains}),
-                                    now)
+        await self.store.ledger_add(
+            CERTIFICATE, sorted({self.scope + registered_domain(d) for d in domains}), now)
 
     async def record_failed_validation(self, names: list[str], now: datetime) -> None:
-        await self.store.ledger_add(FAILED_VALIDATION, names, now)
+        await self.store.ledger_add(FAILED_VALIDATION, [self.scope + n for n in names], now)
 
     async def purge(self, now: datetime) -> None:
         await self.store.ledger_purge(now - CERTIFICATE_WINDOW)

@@ -170,7 +170,11 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     print("  private keys in the store: " + (
         "not encrypted (no storage_key_file)" if keys is None else
         f"sealed with key {keys.primary} (keys {', '.join(keys.ids)})"))
-    print(f"  acme: {cfg.acme.directory} key_type={cfg.acme.key_type}")
+    if cfg.acme.issuers is None:
+        print(f"  acme: {cfg.acme.directory} key_type={cfg.acme.key_type}")
+    else:  # several CAs, in the order orders try them
+        print(f"  acme: key_type={cfg.acme.key_type}; issuers in order: " + ", ".join(
+            f"{i.label} ({i.directory})" for i in cfg.acme.issuers))
     print(f"  challenge listener: {cfg.challenge.listen}; api: {cfg.api.listen}")
     for name, fe in cfg.frontends.items():
         nodes = ", ".join(f"{n.name}={n.address}" for n in fe.nodes)
@@ -209,6 +213,14 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
          str(r["attempts"]), ",".join(r["deployed_nodes"]) or "-", ",".join(r["domains"]))
         for r in rows
     ]
+    if len(cfg.acme.issuer_list()) > 1:  # several CAs: which one issued each
+        table = [row + (("ISSUER",) if i == 0 else
+                        (rows[i - 1]["issuer_name"] or rows[i - 1]["issuer"] or "-",))
+                 for i, row in enumerate(table)]
+    if any(r["profile"] or r["profile_wanted"] for r in rows):  # ACME profiles in use
+        table = [row + (("PROFILE",) if i == 0 else
+                        (rows[i - 1]["profile"] or rows[i - 1]["profile_wanted"] or "-",))
+                 for i, row in enumerate(table)]
     for line in text_table(table):
         print(line)
     for r in rows:

@@ -28,6 +28,11 @@ def add_parser(sub) -> None:
     c = dsub.add_parser("add", help="add an alias (certificate issued and deployed)")
     c.add_argument("domain")
     c.add_argument("--frontends", help="comma-separated frontend groups")
+    c.add_argument("--validation", choices=("http-01", "dns-persist"),
+                   help="http-01 (default): through the frontends; dns-persist: the customer "
+                        "publishes the printed TXT record once")
+    c.add_argument("--profile", help="the ACME profile to order (e.g. shortlived); one the "
+                                     "CA offers (default: acme.profile)")
     c.add_argument("--wait", action="store_true", help="follow until deployed or failed")
     c = dsub.add_parser("list", help="every alias")
     c.add_argument("--json", action="store_true")
@@ -101,10 +106,21 @@ async def _domains(api: Api, args: argparse.Namespace) -> int:
             body: dict = {"domain": args.domain}
             if args.frontends:
                 body["frontends"] = [f.strip() for f in args.frontends.split(",") if f.strip()]
+            if args.validation:
+                body["validation"] = args.validation
+            if args.profile:
+                body["profile"] = args.profile
             status, doc = await api.call(session, "POST", "/api/v1/domains", body)
             if status not in (200, 202):
                 return _fail(status, doc)
             print(f"{doc['domain']}: {doc['status']}")
+            record = doc.get("dns_record")
+            if isinstance(record, dict):  # dns-persist: what the customer publishes, once
+                print(f"publish: {one_line(record.get('name'), 300)}. TXT "
+                      f"\"{one_line(record.get('value'), 300)}\"")
+            elif doc.get("validation") == "dns-persist":
+                print("publish: the TXT record is shown once certd's ACME account exists "
+                      f"(certd domains show {doc['domain']})")
             if args.wait:
                 return await _wait(api, session, doc["domain"])
             return 0
@@ -146,6 +162,7 @@ async def _wait(api: Api, session: aiohttp.ClientSession, domain: str) -> int:
     tty = sys.stderr.isatty()
     deadline = time.monotonic() + WAIT_LIMIT
     last = None
+    reason = None
     while time.monotonic() < deadline:
         status, doc = await api.call(session, "GET", _domain_path(domain))
         if status != 200:
@@ -157,6 +174,10 @@ async def _wait(api: Api, session: aiohttp.ClientSession, domain: str) -> int:
         if tty:
             sys.stderr.write(f"\r{next(spin)} {domain}: {state}   ")
             sys.stderr.flush()
+        if state == "awaiting_dns" and doc.get("last_error") != reason:  # what DNS lacks
+            reason = doc.get("last_error")
+            print(("\n" if tty else "") + f"{domain}: {one_line(reason, 300)}",
+                  file=sys.stderr)
         if state in ("deployed", "failed"):
             if tty:
                 sys.stderr.write("\n")

@@ -28,6 +28,7 @@ from pydantic import (
 
 from certd import names
 from certd.errors import ConfigError
+from certd.issuance import profiles
 from certd.store import sqlite_path, storage_problem, storage_takes_password
 from certd.text import one_line
 
@@ -108,6 +109,8 @@ def _check_slug(value: str) -> str:
 
 
 Slug = Annotated[str, AfterValidator(_check_slug)]
+# an ACME profile name (certd/issuance/profiles.py), checked against the CA's directory later
+ProfileName = Annotated[str, AfterValidator(profiles.check_name)]
 
 
 def _check_listen(value: str) -> str:
@@ -184,8 +187,9 @@ class Eab(_Model):
             raise ValueError("give the key as hmac_key or hmac_key_file (one of them)")
         return self
 
-    def secret(self) -> str:
-        """The HMAC key: `hmac_key`, or what `hmac_key_file` holds (read when certd opens)."""
+    def secret(self, where: str = "acme.eab") -> str:
+        """The HMAC key: `hmac_key`, or what `hmac_key_file` holds (read when certd opens).
+        `where`: this key's path in the config, for the error."""
         if self.hmac_key is not None:
             return self.hmac_key
         path = self.hmac_key_file
@@ -195,7 +199,67 @@ class Eab(_Model):
             problem = f"cannot read it: {exc.strerror or exc}"
         except (UnicodeDecodeError, ValueError):
             problem = "must hold the base64url key the CA gave (not quoted: it is a secret)"
-        raise ConfigError(str(path), [f"acme.eab.hmac_key_file: {problem}"])
+        raise ConfigError(str(path), [f"{where}.hmac_key_file: {problem}"])
+
+
+_CAA_IDENTITY = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                           r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+_ISSUER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")
+
+
+def _directory_url(v: str) -> str:
+    if not _URL.fullmatch(v):
+        raise ValueError("must be an http(s) URL (no spaces or control characters)")
+    return v
+
+
+def _account_email(v: str) -> str:
+    if not _EMAIL.fullmatch(v):
+        raise ValueError(f"not an e-mail address: {_show(v)}")
+    return v
+
+
+class IssuerConfig(_Model):
+    """One CA of `acme.issuers` (certd/issuance/issuers.py): its directory, account and the
+    names it goes by in CAA records. Orders go to the first healthy one with budget."""
+
+    name: str | None = None  # a label for status and metrics; default: the directory's host
+    directory: Annotated[str, AfterValidator(_directory_url)]
+    email: Annotated[str, AfterValidator(_account_email)] | None = None
+    ca_bundle: Path | None = None
+    eab: Eab | None = None
+    caa_identities: list[str] = Field(min_length=1)  # RFC 8659 issuer domain names
+    budget: BudgetConfig | None = None  # default: renewal.budget
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _ISSUER_NAME.fullmatch(v):
+            raise ValueError("must be 1-63 letters, digits or ._:- (starting with a letter "
+                             f"or digit), got {_show(v)}")
+        return v
+
+    @field_validator("caa_identities")
+    @classmethod
+    def _identities(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            if not isinstance(item, str) or not _CAA_IDENTITY.fullmatch(item.lower().rstrip(".")):
+                raise ValueError(f"not a CA's domain name (as in a CAA issue record): "
+                                 f"{_show(item)}")
+            out.append(item.lower().rstrip("."))
+        return list(dict.fromkeys(out))
+
+    @property
+    def label(self) -> str:
+        """The name shown in status, events and metrics."""
+        if self.name:
+            return self.name
+        host = self.directory.split("://", 1)[1].split("/", 1)[0]
+        return host.rsplit("@", 1)[-1]
+
+
+ISSUER_KEYS = ("directory", "email", "ca_bundle", "eab", "caa_identities")  # single form
 
 
 class AcmeConfig(_Model):
@@ -209,20 +273,59 @@ class AcmeConfig(_Model):
     reuse_key: bool = False  # a renewal keeps the certificate's key (the account key always stays)
     ari: bool = True  # follow the CA's renewal windows (RFC 9773) when its directory offers them
     caa_identities: list[str] = Field(default_factory=lambda: ["letsencrypt.org"])  # RFC 8659
+    # the ACME profile every order asks for unless its certificate names one (e.g. Let's
+    # Encrypt's classic, tlsserver, shortlived); checked against the CA's directory
+    profile: ProfileName | None = None
+    # several CAs in order, each with its own account and budget (instead of the single form
+    # above: directory, email, ca_bundle, eab, caa_identities); certd/issuance/issuers.py
+    issuers: list[IssuerConfig] | None = None
+    # how long a CA that was down, answered 5xx or rateLimited is skipped (unless its
+    # Retry-After says otherwise) before new orders try it again
+    issuer_cooldown: Duration = timedelta(minutes=5)
+
+    def issuer_list(self) -> list[IssuerConfig]:
+        """The CAs in order: `issuers`, or the single form as one."""
+        if self.issuers is not None:
+            return list(self.issuers)
+        return [IssuerConfig.model_construct(  # checked as acme.* already
+            name=None, directory=self.directory, email=self.email, ca_bundle=self.ca_bundle,
+            eab=self.eab, caa_identities=list(self.caa_identities), budget=None)]
+
+    def issuer_problems(self) -> list[str]:
+        """What is wrong with `issuers` as a whole (each entry is checked on its own)."""
+        if self.issuers is None:
+            return []
+        if not self.issuers:
+            return ["acme.issuers: empty; list at least one CA, or remove the key and give "
+                    "acme.directory"]
+        problems = [f"acme.{key}: give it in each acme.issuers entry (acme.issuers replaces "
+                    "the single acme.directory form; not both)"
+                    for key in ISSUER_KEYS if key in self.model_fields_set]
+        seen: dict[str, int] = {}
+        labels: dict[str, int] = {}
+        for i, issuer in enumerate(self.issuers):
+            key = issuer.directory.rstrip("/")
+            if key in seen:
+                problems.append(f"acme.issuers[{i}].directory: the same CA as "
+                                f"acme.issuers[{seen[key]}]")
+                continue
+            seen[key] = i
+            if issuer.label in labels:
+                problems.append(f"acme.issuers[{i}].name: {_show(issuer.label)} is also the "
+                                f"name of acme.issuers[{labels[issuer.label]}] (give each a "
+                                "distinct name)")
+            labels.setdefault(issuer.label, i)
+        return problems
 
     @field_validator("directory")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not _URL.fullmatch(v):
-            raise ValueError("must be an http(s) URL (no spaces or control characters)")
-        return v
+        return _directory_url(v)
 
     @field_validator("email")
     @classmethod
     def _email(cls, v: str | None) -> str | None:
-        if v is not None and not _EMAIL.fullmatch(v):
-            raise ValueError(f"not an e-mail address: {_show(v)}")
-        return v
+        return v if v is None else _account_email(v)
 
 
 class ListenerLimits(_Model):
@@ -384,11 +487,131 @@ def _domain(value: str) -> str:
         raise ValueError(f"{_show(value)}: {exc}") from None
 
 
+def _domain_or_wildcard(value: str) -> str:
+    """A name, or `*.name`: whether a wildcard can be validated is decided by its challenge
+    rule (Config._challenge_refs: dns-01 only)."""
+    try:
+        return names.normalise(value, wildcard=True)
+    except names.NameRejected as exc:
+        raise ValueError(f"{_show(value)}: {exc}") from None
+
+
+def _suffix(value: str) -> str:
+    if isinstance(value, str) and value.startswith("*"):
+        raise ValueError(f"{_show(value)}: a suffix is a plain name (it covers the wildcard "
+                         "*.NAME already)")
+    return _domain(value)
+
+
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1")
+CHALLENGE_TYPES = ("http-01", "dns-01")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _zone_name(value: str) -> str:
+    """A DNS zone (or TSIG key) name: LDH labels (and '_'), any depth, one trailing dot
+    allowed; lower-cased."""
+    name = value.rstrip(".") if isinstance(value, str) and value.endswith(".") else value
+    if not isinstance(name, str) or not _DNS_NAME.fullmatch(name):
+        raise ValueError(f"not a DNS name: {_show(value)}")
+    return name.lower()
+
+
+ZoneName = Annotated[str, AfterValidator(_zone_name)]
+
+
+class _ChallengeRuleBase(_Model):
+    """Which names a challenge rule covers: `suffix` (the name itself and every name under
+    it, wildcards included) and/or exact `names`. `name` lets certificates[].challenge pick
+    the rule for all of a certificate's names."""
+
+    name: Slug | None = None
+    suffix: Annotated[str, AfterValidator(_suffix)] | None = None
+    names: list[Annotated[str, AfterValidator(_domain_or_wildcard)]] = Field(
+        default_factory=list)
+
+    @model_validator(mode="after")
+    def _covers(self):
+        if self.suffix is None and not self.names and self.name is None:
+            raise ValueError("give suffix or names (the names it covers), or a name "
+                             "certificates[].challenge can refer to")
+        return self
+
+    def matches(self, domain: str) -> bool:
+        """Does this rule cover `domain` (as written in the certificate: `*.x` for a
+        wildcard)?"""
+        if domain in self.names:
+            return True
+        if self.suffix is None:
+            return False
+        bare = domain.removeprefix("*.")
+        return bare == self.suffix or bare.endswith("." + self.suffix)
+
+
+class Http01ChallengeRule(_ChallengeRuleBase):
+    type: Literal["http-01"]
+
+
+class Dns01ChallengeRule(_ChallengeRuleBase):
+    """dns-01 through RFC 2136 updates signed with TSIG (certd/issuance/dns01.py)."""
+
+    type: Literal["dns-01"]
+    server: Listen  # host:port of the primary that takes the updates
+    zone: ZoneName  # the zone the updates go to (the _acme-challenge records' zone)
+    tsig_key_name: ZoneName
+    tsig_algorithm: str = "hmac-sha256"
+    # the base64 secret (alone, or a BIND `key` block): a file or $CREDENTIALS_DIRECTORY/NAME
+    tsig_key_file: SecretPath
+    # the zone's authoritative servers to check (host:port each); default: its NS records,
+    # asked of `server`, on `server`'s port
+    nameservers: list[Listen] | None = Field(default=None, min_length=1, max_length=32)
+    propagation_timeout: Duration = timedelta(minutes=2)  # until every server serves it
+
+    @field_validator("tsig_algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        if v.lower().rstrip(".") not in TSIG_ALGORITHMS:
+            raise ValueError(f"unknown TSIG algorithm {_show(v)}; expected one of "
+                             + ", ".join(TSIG_ALGORITHMS))
+        return v.lower().rstrip(".")
+
+    @field_validator("tsig_key_file")
+    @classmethod
+    def _key_file(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"{v}: no such file (the TSIG secret)")
+        return v
+
+    @field_validator("propagation_timeout")
+    @classmethod
+    def _timeout(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= v <= timedelta(hours=1):
+            raise ValueError("must be between 1s and 1h")
+        return v
+
+    @model_validator(mode="after")
+    def _in_zone(self) -> Dns01ChallengeRule:
+        name = self.suffix
+        if name is not None and not (name == self.zone or name.endswith("." + self.zone)):
+            raise ValueError(f"suffix: {name} is not in zone {self.zone} (use names: for "
+                             "names whose _acme-challenge is a CNAME into the zone)")
+        return self
+
+
+ChallengeRule = Annotated[Http01ChallengeRule | Dns01ChallengeRule,
+                          Field(discriminator="type")]
+
+
 class CertificateConfig(_Model):
     name: Slug
-    domains: list[Annotated[str, AfterValidator(_domain)]] = Field(min_length=1, max_length=100)
+    # `*.name` only where a dns-01 rule covers it (Config._challenge_refs)
+    domains: list[Annotated[str, AfterValidator(_domain_or_wildcard)]] = Field(
+        min_length=1, max_length=100)
     frontends: list[str] = Field(default_factory=list)
     key_type: Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"] | None = None
+    challenge: Slug | None = None  # a challenges[] rule's name, for all of its names
+    profile: ProfileName | None = None  # the ACME profile to order; default: acme.profile
 
     @field_validator("domains")
     @classmethod
@@ -409,7 +632,7 @@ class RenewalConfig(_Model):
     ari_interval: Duration = timedelta(hours=6)  # ARI at least twice a day (unless Retry-After)
     deploy_sync_interval: Duration = timedelta(days=1)
     jitter: Duration = timedelta(minutes=2)  # spread scheduled jobs
-    before_expiry: Duration | None = None  # fixed lead time; default: a third of the lifetime
+    before_expiry: Duration | None = None  # fixed lead time (ignored for certificates it would renew before half their life); default: a third of the lifetime
     max_concurrent: int = Field(default=10, ge=1, le=1000)  # orders in flight
     # waits after the 1st, 2nd, 3rd... consecutive failure (the last one repeats), ±10 % jitter
     backoff: list[Duration] = Field(
@@ -434,7 +657,8 @@ class DomainsConfig(_Model):
     denied: list[Annotated[str, AfterValidator(_domain)]] = Field(default_factory=list)
     per_token_per_hour: int = Field(default=100, ge=1)  # new aliases; more get 429
     preflight: bool = True  # check HTTP-01 through every node, DNS and CAA before ordering
-    resolver: Listen | None = None  # DNS server for preflight (default: the system's)
+    # DNS server for preflight and dns-persist aliases' records (default: the system's)
+    resolver: Listen | None = None
     validation_port: int = Field(default=80, gt=0, lt=65536)  # where the CA connects
     # preflight connects only to globally routable unicast addresses (from DNS or redirects),
     # plus the configured nodes and these networks (a lab: [127.0.0.0/8])
@@ -620,6 +844,8 @@ class Config(_Model):
     retention: RetentionConfig = RetentionConfig()
     deploy: DeployConfig = DeployConfig()
     frontends: dict[Slug, FrontendConfig] = Field(default_factory=dict)
+    # which challenge proves which names, first match wins; default: http-01
+    challenges: list[ChallengeRule] = Field(default_factory=list)
     certificates: list[CertificateConfig] = Field(default_factory=list)
 
     @field_validator("storage")
@@ -647,12 +873,50 @@ class Config(_Model):
                         f"certificates[{i}].frontends[{j}]: unknown frontend {_show(group)} "
                         f"({known})"
                     )
+        problems.extend(self.acme.issuer_problems())
+        problems.extend(self._challenge_refs())
         for j, group in enumerate(self.domains.default_frontends):
             if group not in self.frontends:
                 problems.append(f"domains.default_frontends[{j}]: unknown frontend {_show(group)}")
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _challenge_refs(self) -> list[str]:
+        problems: list[str] = []
+        named: dict[str, int] = {}
+        for i, rule in enumerate(self.challenges):
+            if rule.name is not None:
+                if rule.name in named:
+                    problems.append(f"challenges[{i}].name: {rule.name!r} is also the name of "
+                                    f"challenges[{named[rule.name]}]")
+                named.setdefault(rule.name, i)
+        for i, cert in enumerate(self.certificates):
+            if cert.challenge is not None and cert.challenge not in named:
+                problems.append(f"certificates[{i}].challenge: no challenges[] rule is called "
+                                f"{cert.challenge!r}")
+                continue
+            for j, domain in enumerate(cert.domains):
+                rule = self.challenge_rule(domain, cert.name)
+                if domain.startswith("*.") and not isinstance(rule, Dns01ChallengeRule):
+                    problems.append(f"certificates[{i}].domains[{j}]: {domain}: wildcard "
+                                    "names cannot be validated over HTTP-01; give it a dns-01 "
+                                    "rule (challenges:)")
+        return problems
+
+    def challenge_rule(self, domain: str, certificate: str | None = None
+                       ) -> Http01ChallengeRule | Dns01ChallengeRule | None:
+        """The rule that proves `domain` (`*.x` for a wildcard) of the certificate called
+        `certificate`: the one its `challenge` names, else the first of `challenges` that
+        covers it; None: http-01, the default."""
+        wanted = None
+        for cert in self.certificates:
+            if cert.name == certificate:
+                wanted = cert.challenge
+        for rule in self.challenges:
+            if (rule.name == wanted) if wanted is not None else rule.matches(domain):
+                return rule
+        return None
 
     @property
     def database_path(self) -> Path | None:
@@ -696,7 +960,9 @@ def _problems(exc: ValidationError) -> list[str]:
         loc = tuple(p for i, p in enumerate(loc)
                     if not (i and ((loc[i - 1] == "deployer" and p in DEPLOYER_TYPES)
                                    or (loc[i - 2:i - 1] == ("notifiers",)
-                                       and p in NOTIFIER_TYPES))))
+                                       and p in NOTIFIER_TYPES)
+                                   or (loc[i - 2:i - 1] == ("challenges",)
+                                       and p in CHALLENGE_TYPES))))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             loc = loc + ("type",)

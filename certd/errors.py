@@ -17,7 +17,16 @@ class ConfigError(CertdError):
 
 
 class StoreError(CertdError):
-    """The store failed or holds data it cannot read."""
+    """The store failed or holds data it cannot read.
+
+    `unavailable`: the store as a whole cannot serve anyone now (not open, down, unreachable,
+    not answering in time, its lock held beyond the timeout, its disk full or read-only): any
+    other call would fail the same way, a later one may work. False: this call's own failure
+    (a constraint, data it cannot read), the next call may well work."""
+
+    def __init__(self, message: str = "", *, unavailable: bool = False):
+        self.unavailable = unavailable
+        super().__init__(message)
 
 
 class AcmeError(CertdError):

@@ -63,6 +63,7 @@ async def render(src: Sources) -> bytes:
         if cert is not None:
             not_after.add_metric([name], cert.not_after.timestamp())
     out.append(not_after)
+    out += _issuers(src.certd, overview, counts, now)
 
     renewals = CounterMetricFamily("certd_renewals", "Issuance attempts by result",
                                    labels=["result"])
@@ -99,6 +100,32 @@ async def render(src: Sources) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(out))
     return generate_latest(registry)
+
+
+def _issuers(certd: Certd, overview: dict, counts: dict, now) -> list[Metric]:
+    """The CAs (acme.issuers): current certificates each issued, whether this process sends
+    it new orders (not cooling down after an outage or a rate limit), orders moved on."""
+    pool = certd.issuers
+    by_issuer = GaugeMetricFamily("certd_certificates_by_issuer",
+                                  "Current certificates by the CA that issued them "
+                                  "(directory URL; 'unknown' for one stored before certd "
+                                  "recorded it, or imported)", labels=["issuer"])
+    tally: Counter = Counter()
+    for cert, _state, _ari in overview.values():
+        if cert is not None:
+            issuer = cert.issuer or (pool.primary.directory if len(pool) == 1 else "unknown")
+            tally[issuer] += 1
+    for issuer, n in sorted(tally.items()):
+        by_issuer.add_metric([issuer], n)
+    up = GaugeMetricFamily("certd_issuer_up", "1 if new orders go to this CA (this process: "
+                           "0 while it cools down after an outage, 5xx or rate limit)",
+                           labels=["issuer", "name"])
+    for member in pool:
+        up.add_metric([member.directory, member.name], 0 if member.cooling(now) else 1)
+    fallbacks = CounterMetricFamily("certd_issuer_fallbacks",
+                                    "Orders moved from one CA to the next",
+                                    value=counts.get("issue.fallback", 0))
+    return [by_issuer, up, fallbacks]
 
 
 def _instances(view: dict) -> list[Metric]:

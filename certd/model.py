@@ -19,6 +19,9 @@ class CertStatus(str, enum.Enum):
     ISSUED = "issued"  # a valid certificate is stored, not yet on every node
     DEPLOYED = "deployed"  # every node has it
     FAILED = "failed"  # the last attempt failed; see last_error
+    # a dns-persist alias whose TXT record certd does not see yet: re-checked with backoff,
+    # no order placed (certd/issuance/dns_persist.py)
+    AWAITING_DNS = "awaiting_dns"
 
 
 class DeployStatus(str, enum.Enum):
@@ -45,6 +48,10 @@ class CertificateSpec:
     domains: tuple[str, ...]
     frontends: tuple[str, ...]
     key_type: str = "ec-p256"
+    profile: str | None = None  # the ACME profile to order (certd/issuance/profiles.py)
+    # the challenge type every name must be proved with ("dns-persist-01" for an alias added
+    # with validation dns-persist); None: the Solvers rules decide
+    challenge: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class IssuedCertificate:
     issued_at: datetime = field(default_factory=utcnow)
     order_url: str | None = None
     id: int | None = None
+    issuer: str | None = None  # the directory URL of the CA that issued it (None: unknown)
+    profile: str | None = None  # the ACME profile it was ordered with (None: none asked)
 
     @property
     def fullchain_pem(self) -> str:
@@ -83,6 +92,8 @@ class CertSummary:
     not_after: datetime
     issued_at: datetime
     fingerprint_sha256: str = ""
+    issuer: str | None = None  # the directory URL of the CA that issued it
+    profile: str | None = None  # the ACME profile it was ordered with
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,10 @@ class Deployment:
     updated_at: datetime = field(default_factory=utcnow)
     batch: str = ""  # the batch it went out in (one id per rollout of several certificates)
     seconds: float | None = None  # from the batch's start on this node to this outcome
+    # when the rollout saw the node serve `serial` after the reload (a TLS handshake per
+    # name, certd/rollout.py _verify); None: not verified (frontends.*.verify off, failed,
+    # a claim, a removal, a record from before certd stored it)
+    verified_at: datetime | None = None
 
     @property
     def ref(self) -> NodeRef:
@@ -207,6 +222,8 @@ class Alias:
     created_by: str  # the API token's name
     created_at: datetime = field(default_factory=utcnow)
     removing: bool = False
+    validation: str = "http-01"  # how the CA validates it: "http-01" | "dns-persist"
+    profile: str | None = None  # the ACME profile to order (None: acme.profile)
 
 
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITICAL: 3}

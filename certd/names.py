@@ -23,8 +23,18 @@ class NameRejected(ValueError):
     """A name that policy refuses; str() is the reason."""
 
 
-def normalise(raw: str) -> str:
-    """Lower-case, drop one trailing dot, convert an IDN to its A-label, then check the policy."""
+def normalise(raw: str, *, wildcard: bool = False) -> str:
+    """Lower-case, drop one trailing dot, convert an IDN to its A-label, then check the policy.
+
+    `wildcard`: also accept `*.NAME` (NAME checked as any name), for the config's
+    certificates, whose challenge rule then decides (dns-01 only). Aliases never pass it."""
+    if wildcard and isinstance(raw, str) and raw.startswith("*"):
+        if not raw.startswith("*.") or raw[2:].startswith("*"):
+            raise NameRejected("a wildcard is '*.' and a name: one whole leftmost label")
+        name = "*." + normalise(raw[2:])
+        if len(name) > MAX_NAME:
+            raise NameRejected(f"longer than {MAX_NAME} characters")
+        return name
     if not isinstance(raw, str):
         raise NameRejected("not a string")
     name = raw.strip()
@@ -37,7 +47,8 @@ def normalise(raw: str) -> str:
     if name.endswith("."):
         name = name[:-1]
     if name.startswith("*"):
-        raise NameRejected("wildcard names cannot be validated over HTTP-01")
+        raise NameRejected("wildcard names are not allowed here (only a configured certificate "
+                           "validated over dns-01 can have one)")
     if _is_ip(name):
         raise NameRejected("IP addresses are not allowed")
     if not name.isascii():

@@ -7,7 +7,8 @@ What it checks, all concurrently, with bounded timeouts; every failure becomes a
 ``reason`` and nothing raises:
 
 - CAA (RFC 8659 §3, RFC 8657): the closest CAA RRset up the tree must allow one of
-  ``ca_identities`` to issue, for ``account_uri``, by ``http-01``. SERVFAIL fails closed.
+  ``ca_identities`` to issue, for ``account_uri``, by the name's challenge type (``method``:
+  http-01 here; :func:`check_caa` alone for the other solvers). SERVFAIL fails closed.
 - every node: a probe token published in the store is fetched through
   ``http://<node address>:<port>/.well-known/acme-challenge/<token>`` with ``Host: DOMAIN``
   and must return the key authorization;
@@ -55,7 +56,7 @@ from yarl import URL
 from certd.issuance.http01 import PATH_PREFIX
 from certd.model import Challenge, utcnow
 
-__all__ = ["PreflightResult", "address_allowed", "preflight"]
+__all__ = ["PreflightResult", "address_allowed", "check_caa", "preflight"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ async def preflight(
     http_port: int = 80,
     session: aiohttp.ClientSession | None = None,
     allow_networks: Sequence[Network] = (),
+    method: str = "http-01",
 ) -> PreflightResult:
-    """Check CAA, every node and the name's own DNS path for ``domain``.
+    """Check CAA (for the challenge type ``method``), every node and the name's own DNS path
+    for ``domain``.
 
     ``nodes`` are (name, address, http port). ``resolver`` is (ip, port) of the DNS server
     to ask, or None for the system configuration. ``allow_networks`` are the non-public
@@ -125,7 +128,7 @@ async def preflight(
         probe = _Probe(session, res, domain, token, key_authorization, timeout, http_port,
                        tuple(allow_networks))
         # order of the list = order in which failures are reported
-        jobs = [_check_caa(res, domain, ca_identities, account_uri),
+        jobs = [_check_caa(res, domain, ca_identities, account_uri, method),
                 *(_node_path(probe, n, a, p) for n, a, p in nodes),
                 _dns_path(probe)]
         results = await asyncio.gather(*(_bounded(j, timeout * (MAX_REDIRECTS + 2))
@@ -437,9 +440,23 @@ async def _addresses(res, name: str, shown: str | None = None) -> list[str]:
     return out
 
 
+async def check_caa(domain: str, *, resolver: tuple[str, int] | None,
+                    ca_identities: list[str], account_uri: str | None, method: str,
+                    timeout: float = 5.0) -> PreflightResult:
+    """CAA alone (for solvers whose path check is not HTTP): may one of ``ca_identities``
+    issue for ``domain`` to ``account_uri`` validating by ``method`` (a challenge type)?"""
+    domain = domain.rstrip(".").lower()
+    res = _resolver(resolver, timeout)
+    results = await asyncio.gather(
+        _bounded(_check_caa(res, domain, ca_identities, account_uri, method), timeout * 4),
+        return_exceptions=True)
+    return _fold(domain, results)
+
+
 async def _check_caa(res, domain: str, ca_identities: list[str],
-                     account_uri: str | None) -> str:
-    """RFC 8659 §3: the first name up the tree with a CAA RRset is the relevant one."""
+                     account_uri: str | None, method: str = "http-01") -> str:
+    """RFC 8659 §3: the first name up the tree with a CAA RRset is the relevant one (for a
+    wildcard, issuewild there wins over issue: RFC 8659 §4.3)."""
     labels = domain.removeprefix("*.").split(".")
     ours = {c.strip().lower().rstrip(".") for c in ca_identities}
     for i in range(len(labels)):
@@ -447,20 +464,27 @@ async def _check_caa(res, domain: str, ca_identities: list[str],
         rrset = await _query(res, name, "CAA")  # SERVFAIL raises: fail closed (§3)
         if not rrset:
             continue
-        return _evaluate_caa(name, list(rrset), ours, account_uri)
+        return _evaluate_caa(name, list(rrset), ours, account_uri, method,
+                             wildcard=domain.startswith("*."))
     return f"CAA: no record for {domain} or its parents (any CA may issue)"
 
 
-def _evaluate_caa(name: str, records, ours: set[str], account_uri: str | None) -> str:
+def _evaluate_caa(name: str, records, ours: set[str], account_uri: str | None,
+                  method: str = "http-01", *, wildcard: bool = False) -> str:
     """The verdict on one CAA RRset. Reasons name ``name``, the configured CA identities and
     certd's account, never a value from the records (the tenant wrote those)."""
     issue: list[str] = []
+    issuewild: list[str] = []
     for r in records:
         tag = r.tag.decode("ascii", "replace").lower()
         if tag == "issue":
             issue.append(r.value.decode("utf-8", "replace"))
-        elif r.flags & 128 and tag not in ("issuewild", "iodef"):
+        elif tag == "issuewild":
+            issuewild.append(r.value.decode("utf-8", "replace"))
+        elif r.flags & 128 and tag != "iodef":
             raise _Fail(f"CAA for {name} has a critical unknown property (no CA may issue)")
+    if wildcard and issuewild:  # RFC 8659 §4.3: for a wildcard, issuewild replaces issue
+        issue = issuewild
     if not issue:
         return f"CAA for {name}: no issue property (any CA may issue)"
     named = False  # does any issue property name an issuer at all?
@@ -470,7 +494,9 @@ def _evaluate_caa(name: str, records, ours: set[str], account_uri: str | None) -
         named = named or bool(issuer)
         if not issuer or issuer not in ours:
             continue
-        refusal = _caa_refusal(name, issuer, params, account_uri)
+        # several CAs (acme.issuers): each CAA identity is checked with its own CA's account
+        uri = account_uri.get(issuer) if isinstance(account_uri, dict) else account_uri
+        refusal = _caa_refusal(name, issuer, params, uri, method)
         if refusal is None:
             return f"CAA for {name} allows {issuer}"
         refusals.append(refusal)
@@ -494,13 +520,13 @@ def _caa_issue(value: str) -> tuple[str, dict[str, str]]:
 
 
 def _caa_refusal(name: str, issuer: str, params: dict[str, str],
-                 account_uri: str | None) -> str | None:
+                 account_uri: str | None, method: str = "http-01") -> str | None:
     """Why an issue property naming our ``issuer`` still refuses us (RFC 8657), or None."""
     if "accounturi" in params and params["accounturi"] != account_uri:
         return (f"CAA for {name}: accounturi names another account than certd's "
                 f"({account_uri or 'no account yet'}) for {issuer}")
     if "validationmethods" in params:
         methods = [m.strip().lower() for m in params["validationmethods"].split(",")]
-        if "http-01" not in methods:
-            return f"CAA for {name}: validationmethods exclude http-01 for {issuer}"
+        if method not in methods:
+            return f"CAA for {name}: validationmethods exclude {method} for {issuer}"
     return None

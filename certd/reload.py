@@ -34,9 +34,10 @@ from certd.service import Certd
 
 log = logging.getLogger(__name__)
 
-# sections a running daemon cannot take over: the store, the CA account, the listeners
+# sections a running daemon cannot take over: the store, the CA account, the listeners, the
+# challenge rules (their solvers and TSIG secrets are built at start)
 RESTART_ONLY = ("state_dir", "storage", "storage_password_file", "storage_key_file", "acme",
-                "challenge", "api")
+                "challenge", "challenges", "api")
 DRAIN_SECONDS = 10  # a replaced notifier set's queued notices get this long to go out
 
 

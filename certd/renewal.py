@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from certd.issuance.ari import check_due as ari_check_due
+from certd.issuance.ari import renew_at as ari_renew_at
 from certd.model import AriState, IssuedCertificate
 
 SHORT_LIFETIME = timedelta(days=10)
@@ -37,14 +39,16 @@ def lifetime_time(cert: IssuedCertificate) -> datetime:
 def plan(cert: IssuedCertificate, *, before_expiry: timedelta | None = None,
          ari: AriState | None = None) -> Plan:
     """When to renew `cert`, and why."""
-    if (ari is not None and ari.serial == cert.serial and ari.renew_at is not None
-            and ari.window_start is not None and ari.window_end is not None
-            and ari.window_end > ari.window_start):
-        # never past expiry, whatever was stored (windows are clamped when fetched, but a
-        # state written by an older certd may hold any date)
-        return Plan(min(ari.renew_at, cert.not_after), "ari")
+    at = ari_renew_at(cert, ari)
+    if at is not None:
+        return Plan(at, "ari")
     if before_expiry is not None:
-        return Plan(max(cert.not_before, cert.not_after - before_expiry), "before_expiry")
+        # a fixed lead time is for one lifetime (30 days of 90): on a certificate so short
+        # that it would renew before half its life, the lifetime rule decides instead (else
+        # a 6-day certificate with `before_expiry: 30d` is due at issuance, forever)
+        lifetime = cert.not_after - cert.not_before
+        if before_expiry <= lifetime / 2:
+            return Plan(cert.not_after - before_expiry, "before_expiry")
     return Plan(lifetime_time(cert), "lifetime")
 
 
@@ -112,7 +116,7 @@ def decide(specs, overview: dict, now: datetime, *, before_expiry: timedelta | N
         if state is not None and state.status.value == "issued":
             deploy.append(spec.name)
         if ari and cert is not None and now < cert.not_after:
-            if window is None or window.serial != cert.serial or window.next_check_at <= now:
+            if ari_check_due(cert, window, now):
                 ari_checks.append(spec.name)
             else:
                 wake.append(window.next_check_at)

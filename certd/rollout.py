@@ -247,10 +247,12 @@ class Rollout:
         await self._claim(batch)
         results = await self._deploy(deployer, batch)
         finished = [loop.time()] * len(batch)
+        verified: list[datetime | None] = [None] * len(batch)
         if frontend.verify:
-            results = await self._verify(frontend, deployer, batch, results, specs, finished)
-        for p, r, end in zip(batch, results, finished):
-            await self._record(r, p.cert, batch_id, end - started)
+            results = await self._verify(frontend, deployer, batch, results, specs, finished,
+                                         verified)
+        for p, r, end, seen in zip(batch, results, finished, verified):
+            await self._record(r, p.cert, batch_id, end - started, seen)
         await self._batch_event(group, batch, results, batch_id, loop.time() - started)
         return results
 
@@ -312,10 +314,12 @@ class Rollout:
 
     async def _verify(self, frontend: FrontendConfig, deployer: Deployer,
                       batch: list[Placement], results: list[DeployResult],
-                      specs: dict[str, CertificateSpec], finished: list[float]
-                      ) -> list[DeployResult]:
+                      specs: dict[str, CertificateSpec], finished: list[float],
+                      verified: list[datetime | None]) -> list[DeployResult]:
         """Every deployed certificate checked on its node (VERIFY_CONCURRENCY at a time); those
-        not served are rolled back together (one reload per node) and fail alone."""
+        not served are rolled back together (one reload per node) and fail alone. For each
+        one seen serving its serial on every name, `verified[i]` is set to when (the
+        deployment's stored `verified_at`)."""
         timeout = frontend.verify_timeout.total_seconds()
         gate = asyncio.Semaphore(VERIFY_CONCURRENCY)
         loop = asyncio.get_running_loop()
@@ -328,6 +332,7 @@ class Rollout:
                     verify.wait_serving(t.address, frontend.tls_port, name, serial, timeout)
                     for name in domains))
             finished[i] = loop.time()
+            verified[i] = self.clock()
             return next(((name, what) for name, (ok, what) in zip(domains, seen) if not ok),
                         None)
 
@@ -339,7 +344,9 @@ class Rollout:
         out = list(results)
         for i in deployed:
             t = batch[i].target
-            if bad[i] is None:
+            if bad[i] is not None:
+                verified[i] = None
+            else:
                 out[i] = DeployResult(t, True, f"{results[i].message}; verified serving on "
                                       f"{t.address}:{frontend.tls_port}",
                                       output=results[i].output)
@@ -354,16 +361,19 @@ class Rollout:
         return out
 
     async def _record(self, result: DeployResult, cert: IssuedCertificate, batch: str,
-                      seconds: float) -> None:
+                      seconds: float, verified_at: datetime | None = None) -> None:
+        """`verified_at`: when the node was seen serving `cert` (None: not verified); kept
+        only on a successful record (a failed one keeps no claim about what is served)."""
         t = result.target
         if result.ok:
             status, serial = DeployStatus.DEPLOYED, cert.serial
         else:
             status = DeployStatus.ROLLED_BACK if result.rolled_back else DeployStatus.FAILED
             serial = await self._held_serial(t)
+            verified_at = None
         await self.store.put_deployment(Deployment(
             t.certificate, t.frontend, t.node, serial, status, result.message, self.clock(),
-            batch, round(seconds, 3)))
+            batch, round(seconds, 3), verified_at))
         kind = "deploy.ok" if result.ok else f"deploy.{result.kind or 'failed'}"
         severity = (Severity.INFO if result.ok else
                     Severity.CRITICAL if result.kind in CRITICAL_KINDS else Severity.ERROR)

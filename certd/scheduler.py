@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -37,6 +39,49 @@ COMMON = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
 FIRST_RETENTION = timedelta(seconds=30)
 MONITOR_LEASE = "monitor"  # held by the instance that swept last, for most of an interval
 MONITOR_MIN_LEASE = timedelta(seconds=5)  # after start: the first sweep goes first
+LEASE_RENEW_EVERY = instances.HEARTBEAT  # a long sweep renews its lease this often
+LEASE_KEEP = timedelta(seconds=60)  # ... to at least this far ahead (a few renewals)
+T = TypeVar("T")
+
+
+async def keeping_lease(certd, lease: str, until: datetime, work: Awaitable[T], *,
+                        what: str, every: timedelta = LEASE_RENEW_EVERY) -> T | None:
+    """Run `work` under `certd`'s lease `lease` (taken, expiring at `until`), however long
+    it takes: every `every` the lease is extended to at least `until` and LEASE_KEEP past
+    now, so it never lapses while the work runs. Once it is lost — taken over by another
+    instance (this one was cut off from the store, its heartbeat stopped), or its expiry
+    passed without a renewal reaching the store — the work is cancelled (another instance
+    may be doing it now) and None is returned."""
+    task = asyncio.ensure_future(work)
+    held_until, reached = until, certd.clock()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every.total_seconds())
+            if done:
+                return task.result()
+            now = certd.clock()
+            wanted = max(until, now + LEASE_KEEP)
+            try:
+                kept = await certd.store.extend_lease(lease, certd.owner, wanted)
+            except CertdError as exc:
+                # the store is unreachable: the lease is ours until it expires, or until the
+                # others see this instance's heartbeat stop and take it over; stop before
+                # the next renewal would come after either
+                now = certd.clock()
+                kept = now + every <= min(held_until, reached + instances.ALIVE_WITHIN)
+                log.warning("%s: cannot renew the lease %s: %s", what, lease, exc)
+            else:
+                held_until, reached = wanted, now
+            if not kept:
+                log.warning("%s: lease %s lost (another instance may hold it now); "
+                            "stopping", what, lease)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return None
+    finally:
+        if not task.done():  # cancelled ourselves (the scheduler stops)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class Scheduler:
@@ -184,13 +229,17 @@ class Scheduler:
     async def _shared_monitor_sweep(self) -> None:
         """One monitor sweep per interval across the instances sharing the store: the
         `monitor` lease, taken for most of an interval and not released, is also the record
-        that a sweep was done lately (its holder dies: it expires and another takes it)."""
+        that a sweep was done lately (its holder dies: it expires and another takes it). A
+        sweep that outlasts it renews it meanwhile, and stops if it is lost
+        (`keeping_lease`): two sweeps never overlap."""
         certd, config = self.sweeper.certd, self.monitor.config
         ttl = max(config.interval - config.jitter, config.interval * 0.9, MONITOR_MIN_LEASE)
+        started = certd.clock()
         if not await certd._try_lease(MONITOR_LEASE, ttl):
             log.debug("monitor: another instance swept lately; skipping")
             return
-        await self.monitor.sweep()
+        await keeping_lease(certd, MONITOR_LEASE, started + ttl, self.monitor.sweep(),
+                            what="monitor", every=LEASE_RENEW_EVERY)
 
     async def _events(self) -> None:
         await self._tracked(self._guarded("alerts: event forwarder", self.events.forward()))

@@ -10,18 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cryptography import x509
-
 from certd import renewal
-from certd.errors import AcmeError, CertdError
+from certd.errors import CertdError, StoreError
 from certd.issuance import ari
-from certd.model import AriState, Event, Severity
+from certd.model import AriState
 from certd.service import BudgetDeferred, Certd
 
 log = logging.getLogger(__name__)
 
 ARI_CONCURRENCY = 10
-ARI_ERROR_RETRY = timedelta(hours=1)
+ARI_ERROR_RETRY = ari.ERROR_RETRY
 # a due certificate whose issue lease another instance holds: the next sweep looks again this
 # soon (the scheduler's MIN_GAP applies), so work of an instance killed mid-order is taken
 # over (its heartbeat stops, or its lease expires) instead of waiting for sweep_interval
@@ -57,7 +55,12 @@ class Sweeper:
 
     async def sweep(self) -> SweepResult | None:
         """One pass. Never raises for a certificate's failure: it is recorded and backed off.
-        Returns None if a sweep was already running (its result will cover this one)."""
+        Returns None if a sweep was already running (its result will cover this one).
+
+        The store becoming unavailable (StoreError.unavailable) is no certificate's failure:
+        the pass stops there, takes no further leases for the rest (each would fail the same
+        way), and raises one StoreError saying so; the scheduler sweeps again later
+        (scheduler.SWEEP_RETRY, doubling) and logs it once."""
         if self._lock.locked():
             return None
         async with self._lock:
@@ -67,8 +70,11 @@ class Sweeper:
             await self.store.purge_challenges(now)
             await self.certd.budget.purge(now)
             decision = await self.decide()
+            halt: list[StoreError] = []  # the store became unavailable: stop taking work
             if decision.ari_checks and await self._offers_ari():
-                await self._check_ari(decision.ari_checks)
+                await self._check_ari(decision.ari_checks, halt)
+                if halt:
+                    raise _stopped(halt[0], len(decision.ari_checks), "ARI checks") from halt[0]
                 decision = await self.decide()
             # deploys go into batches as soon as there is something to deploy: issuance does
             # not wait for them, and a certificate issued early does not wait for the sweep
@@ -86,8 +92,11 @@ class Sweeper:
             busy: set[str] = set()  # due, but another instance holds the issue lease
             outcomes, budget_frees = await self._renew_due(
                 decision.due, lambda name, ok: (ok or name in pending) and deployable(name),
-                busy)
+                busy, halt)
             await asyncio.gather(*deploys.values())
+            if halt:
+                raise _stopped(halt[0], len(decision.due) - len(outcomes),
+                               "due certificates") from halt[0]
             renewed = [name for name, ok in outcomes if ok]
             if renewed or any(not ok for _, ok in outcomes):
                 decision = await self.decide()  # new certificates, new backoffs: new wake time
@@ -108,20 +117,25 @@ class Sweeper:
             return result
 
     async def _renew_due(self, due: list[renewal.Due], done: Callable[[str, bool], object],
-                         busy: set[str] | None = None
+                         busy: set[str] | None = None, halt: list[StoreError] | None = None
                          ) -> tuple[list[tuple[str, bool]], datetime | None]:
         """Most urgent first, max_concurrent at a time. When the account's order budget is
         spent, stop: the rest stays due and goes when the budget frees (no point asking the
-        store and the CA thousands of times in between)."""
+        store and the CA thousands of times in between). When the store becomes unavailable,
+        stop too (`halt` gets the error; the certificates in flight then end, the rest are
+        not tried, and none of them counts as an outcome)."""
         outcomes: list[tuple[str, bool]] = []
         queue = iter(due)
         stop: list[datetime] = []
+        halt = [] if halt is None else halt
 
         async def worker() -> None:
             for item in queue:
-                if stop:
+                if stop or halt:
                     return
-                outcome = await self._renew(item, stop, busy)
+                outcome = await self._renew(item, stop, busy, halt)
+                if outcome is None:  # the store is unavailable: nothing was decided
+                    return
                 outcomes.append(outcome)
                 done(*outcome)
 
@@ -130,9 +144,19 @@ class Sweeper:
         return outcomes, (min(stop) if stop else None)
 
     async def _renew(self, due: renewal.Due, stop: list[datetime] | None = None,
-                     busy: set[str] | None = None) -> tuple[str, bool]:
+                     busy: set[str] | None = None, halt: list[StoreError] | None = None
+                     ) -> tuple[str, bool] | None:
+        """(name, renewed); None, with the error put in `halt`, when the store is
+        unavailable (the sweep says so once, not once per certificate)."""
         try:
             cert = await self.certd.renew(due.name)
+        except StoreError as exc:
+            if not exc.unavailable or halt is None:
+                log.warning("certificate[%s]: %s", due.name, exc,
+                            extra={"certificate": due.name, "error": str(exc)})
+                return due.name, False
+            halt.append(exc)
+            return None
         except BudgetDeferred as exc:
             if exc.account_wide and stop is not None:
                 stop.append(exc.retry_at)
@@ -165,24 +189,35 @@ class Sweeper:
         await asyncio.gather(*(self._deploy(spec.name) for spec in self.certd.specs()
                                if (overview.get(spec.name) or (None,))[0] is not None))
 
-    # ARI ----------------------------------------------------------------------------------
+    # ARI (the logic is certd/issuance/ari.py; here: which names, leases, concurrency) ------
     async def _offers_ari(self) -> bool:
-        try:
-            return await self.certd.issuer.client.offers_ari()
-        except AcmeError as exc:
-            log.warning("ari: directory unavailable: %s", exc)
-            return False
+        """Does any configured CA offer ARI? (Each certificate is asked of its own CA.)"""
+        for member in self.certd.issuers:
+            if await ari.offered(member.issuer.client):
+                return True
+        return False
 
-    async def _check_ari(self, names: list[str]) -> None:
+    async def _check_ari(self, names: list[str], halt: list[StoreError] | None = None) -> None:
+        """`halt`: given, an unavailable store stops the checks not yet begun (the error
+        is put there, and logged by the caller)."""
         gate = asyncio.Semaphore(ARI_CONCURRENCY)
+        halt = [] if halt is None else halt
 
         async def one(name: str) -> None:
             async with gate:
+                if halt:
+                    return
                 try:
                     # once per certificate across the instances sharing the store
                     async with self.certd.claimed(f"ari:{name}") as mine:
                         if mine and await self._ari_due(name):
                             await self.check_ari(name)
+                except StoreError as exc:
+                    if exc.unavailable:
+                        halt.append(exc)
+                    else:
+                        log.warning("ari[%s]: %s", name, exc,
+                                    extra={"certificate": name, "error": str(exc)})
                 except Exception:
                     log.exception("ari[%s]: unexpected error", name)
 
@@ -192,65 +227,30 @@ class Sweeper:
         """Checked again under the `ari:NAME` lease: another instance may have just fetched
         the window of the current certificate."""
         cert = await self.store.current_certificate(name)
-        state = await self.store.get_ari(name)
-        return cert is not None and (state is None or state.serial != cert.serial
-                                     or state.next_check_at <= self.certd.clock())
+        return cert is not None and ari.check_due(cert, await self.store.get_ari(name),
+                                                  self.certd.clock())
 
     async def check_ari(self, name: str) -> AriState | None:
-        """Fetch the CA's window for the current certificate and store it, with a renewal
-        moment picked at random inside it (kept while the window stays the same)."""
+        """Fetch the CA's window for the current certificate and store it (ari.check), with
+        an `ari.window` event when the renewal moment is new."""
         cert = await self.store.current_certificate(name)
         if cert is None:
             return None
-        interval = self.certd.config.renewal.ari_interval
-        now = self.certd.clock()
         previous = await self.store.get_ari(name)
-        if previous is not None and previous.serial != cert.serial:
-            previous = None
-        try:
-            cid = ari.cert_id(x509.load_pem_x509_certificate(cert.cert_pem.encode()))
-            got = await self.certd.issuer.client.renewal_info(cid)
-        except (ValueError, x509.ExtensionNotFound) as exc:
-            log.warning("ari[%s]: no certificate identifier: %s", name, exc)
-            got = None
-        except AcmeError as exc:
-            log.warning("ari[%s]: %s", name, exc)
-            state = AriState(name, cert.serial,
-                             previous.window_start if previous else None,
-                             previous.window_end if previous else None,
-                             previous.renew_at if previous else None,
-                             now + ari.clamp_retry(exc.retry_after, ARI_ERROR_RETRY), None, now)
-            await self.store.put_ari(state)
-            return state
-        window, retry_after = (None, None) if got is None else (_window(got[0], name, cert.not_after), got[1])
-        renew_at = None
-        if window is not None and window.usable:
-            same = (previous is not None and previous.window_start == window.start
-                    and previous.window_end == window.end and previous.renew_at is not None)
-            renew_at = previous.renew_at if same else window.pick()
-        elif window is not None:
-            log.warning("ari[%s]: window ends before it starts (%s .. %s): ignored", name,
-                        window.start.isoformat(), window.end.isoformat())
-        state = AriState(
-            name, cert.serial, window.start if window else None, window.end if window else None,
-            renew_at, now + ari.clamp_retry(retry_after, interval),
-            window.explanation_url if window else None, now,
-        )
+        # only ever the CA that issued it (acme.issuers): another CA knows nothing of it
+        client = self.certd.ari_client(cert)
+        now, interval = self.certd.clock(), self.certd.config.renewal.ari_interval
+        state = (await ari.check(client, cert, previous, now=now, interval=interval)
+                 if client is not None else
+                 AriState(name, cert.serial, None, None, None, now + interval, None, now))
         await self.store.put_ari(state)
-        if renew_at is not None and (previous is None or previous.renew_at != renew_at):
-            await self.store.add_event(Event(
-                "ari.window", f"ari[{name}]: renew at {renew_at.isoformat(timespec='seconds')} "
-                f"(window {window.start.isoformat()} .. {window.end.isoformat()})",
-                Severity.INFO, certificate=name,
-                data={"start": window.start.isoformat(), "end": window.end.isoformat(),
-                      "renew_at": renew_at.isoformat()}))
+        event = ari.window_event(previous, state)
+        if event is not None:
+            await self.store.add_event(event)
         return state
 
 
-def _window(doc: dict, name: str, not_after: datetime) -> ari.Window | None:
-    """The CA's window (its end pulled back to the certificate's expiry), None if malformed."""
-    try:
-        return ari.parse_window(doc, not_after)
-    except AcmeError as exc:
-        log.warning("ari[%s]: malformed renewalInfo (%s): ignored", name, exc)
-        return None
+def _stopped(exc: StoreError, left: int, what: str) -> StoreError:
+    """The one error of a sweep the store's unavailability stopped."""
+    return StoreError(f"{exc} (sweep stopped: {left} {what} left for the next sweep)",
+                      unavailable=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from certd import renewal
-from certd.model import CertDetails, CertificateSpec
+from certd.model import CertDetails, CertificateSpec, DeployStatus
 from certd.service import Certd
 
 
@@ -31,6 +31,12 @@ def build_view(certd: Certd, spec: CertificateSpec, details: CertDetails, now: d
         "not_before": _iso(cert.not_before) if cert else None,
         "not_after": _iso(cert.not_after) if cert else None,
         "fingerprint_sha256": cert.fingerprint_sha256 if cert else None,
+        # the CA that issued it: its directory URL and its name in acme.issuers
+        **_issuer(certd, cert),
+        # the ACME profile the current certificate was ordered with, and the one the next
+        # order asks for (certificates[].profile, an alias's, acme.profile)
+        "profile": cert.profile if cert else None,
+        "profile_wanted": spec.profile,
         "days_left": round((cert.not_after - now).total_seconds() / 86400, 1) if cert else None,
         "renewal_at": _iso(plan.at) if plan else None,
         "renewal_reason": plan.reason if plan else None,
@@ -41,6 +47,11 @@ def build_view(certd: Certd, spec: CertificateSpec, details: CertDetails, now: d
         "deployments": [
             {"frontend": d.frontend, "node": d.node, "serial": d.serial,
              "status": d.status.value, "current": bool(cert and d.serial == cert.serial),
+             # certd saw the node serve it after the reload (frontends.*.verify), and when:
+             # stored with the record by the rollout (certd/rollout.py _verify)
+             "verified": d.status == DeployStatus.DEPLOYED and d.verified_at is not None,
+             "verified_at": (_iso(d.verified_at) if d.status == DeployStatus.DEPLOYED
+                             else None),
              "message": d.message, "updated_at": d.updated_at.isoformat(),
              "batch": d.batch or None, "seconds": d.seconds}
             for d in deps
@@ -49,6 +60,17 @@ def build_view(certd: Certd, spec: CertificateSpec, details: CertDetails, now: d
         "attempts": state.attempts if state else 0,
         "next_attempt_at": _iso(state.next_attempt_at) if state else None,
     }
+
+
+def _issuer(certd: Certd, cert) -> dict:
+    """`issuer` (directory URL; for a certificate stored before certd recorded it, the one
+    CA when there is only one) and `issuer_name` (None when no longer configured)."""
+    pool = certd.issuers
+    directory = cert.issuer if cert else None
+    if cert and directory is None and len(pool) == 1:
+        directory = pool.primary.directory
+    member = pool.by_directory(directory)
+    return {"issuer": directory, "issuer_name": member.name if member else None}
 
 
 async def certificate_views(certd: Certd, specs: Sequence[CertificateSpec], now: datetime

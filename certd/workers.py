@@ -354,6 +354,12 @@ def main(argv: list[str]) -> None:
     jobs_fd = os.dup(1)  # stdout is the job pipe; anything printed goes to stderr instead
     os.dup2(2, 1)
     logs.setup(config.log_level, config.log_format, config.log_levels)
+    from certd.store import storage_scheme
+
+    if storage_scheme(config.storage) == "postgresql":  # the API worker's connections
+        from certd.store import pg_pool
+
+        pg_pool.api_worker_process()
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     asyncio.run(serve(config, sock, index, jobs_fd))

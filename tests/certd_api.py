@@ -5,11 +5,14 @@ aiohttp's TestClient, that certd as `client.certd`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from certd import config as configuration
@@ -52,3 +55,42 @@ async def api_client(cfg: configuration.Config, tokens: Tokens,
         async with TestClient(TestServer(app), **client_options) as client:
             client.certd = certd
             yield client
+
+
+@contextlib.contextmanager
+def live_api(cfg: configuration.Config, tokens: Tokens) -> Iterator[str]:
+    """certd opened on `cfg`, its API app on a free 127.0.0.1 port served from its own thread
+    and event loop (for synchronous clients: schemathesis, a browser); yields the base URL."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    async def serve() -> None:
+        try:
+            async with open_certd(cfg) as certd:
+                runner = web.AppRunner(api.build_app(certd, tokens))
+                await runner.setup()
+                try:
+                    await web.TCPSite(runner, "127.0.0.1", port).start()
+                    ready.set()
+                    await stop.wait()
+                finally:
+                    await runner.cleanup()
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("API did not start")
+    if failure:
+        raise failure[0]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()

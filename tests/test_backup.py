@@ -60,7 +60,8 @@ async def populate(paths: StatePaths) -> None:
             await store.add_certificate(cert(f"c{i}", f"{i:02x}", domains=(f"c{i}.example",)))
             await store.put_state(CertificateState(f"c{i}", CertStatus.DEPLOYED, updated_at=T0))
             await store.put_deployment(Deployment(f"c{i}", "web", "fe1", f"{i:02x}",
-                                                  DeployStatus.DEPLOYED, "ok", T0))
+                                                  DeployStatus.DEPLOYED, "ok", T0,
+                                                  verified_at=T0 if i % 2 else None))
         await store.add_certificate(cert("c0", "ff", issued=T0 + timedelta(days=60)))
         await store.add_alias(Alias("shop.example", ("web",), "ops", T0))
         await store.add_event(Event("issue.ok", "issued", certificate="c0", at=T0))
@@ -141,6 +142,9 @@ async def test_round_trip(origin, tmp_path, passphrase):
     try:
         assert (await store.get_account("https://ca/dir")).key_pem == "-----ACCOUNT KEY-----\n"
         assert (await store.current_certificate("c0")).serial == "ff"
+        # a deployment's verification is a column of its row: copied with it
+        assert [d.verified_at for n in ("c0", "c1")
+                for d in await store.deployments(n)] == [None, T0]
     finally:
         await store.close()
 

@@ -44,7 +44,9 @@ async def test_add_is_accepted_idempotent_and_audited(client):
     assert body["domain"] == "data.example.com" and body["frontends"] == ["web"]
     assert resp.headers["Location"] == "/api/v1/domains/data.example.com"
     assert set(body) == {"domain", "status", "frontends", "certificate", "deployments",
-                         "renewal_at", "last_error", "next_attempt_at", "created_at"}
+                         "renewal_at", "last_error", "next_attempt_at", "created_at",
+                         "validation", "dns_record", "profile"}
+    assert body["validation"] == "http-01" and body["dns_record"] is None
     again = await post(client, {"domain": "data.example.com", "frontends": ["web"]})
     assert again.status == 200 and (await again.json())["domain"] == "data.example.com"
     events = await client.certd.store.events(kind="api.domain.add")

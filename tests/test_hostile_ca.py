@@ -573,7 +573,8 @@ async def test_hostile_renewal_info(ca, store, answer):
     async with aiohttp.ClientSession() as session:
         client = AcmeClient(ca.url + "/dir", session, timeout=5)
         certd = SimpleNamespace(store=store, config=SimpleNamespace(renewal=RenewalConfig()),
-                                clock=lambda: now, issuer=SimpleNamespace(client=client))
+                                clock=lambda: now, issuer=SimpleNamespace(client=client),
+                                ari_client=lambda cert: client)  # the issuing CA's
         state = await Sweeper(certd).check_ari(DOMAIN)
     assert state is not None and state.serial == cert.serial
     # the next check is within RFC 9773's [1 min, 1 day] of Retry-After, or the interval

@@ -164,3 +164,322 @@ async def test_the_ari_check_runs_once_per_certificate_across_instances(any_back
         now[0] += timedelta(hours=7)
         await sweepers[1]._check_ari(["portal"])
         assert len(checked) == 2 and await a.lease_holder("ari:portal", now[0]) is None
+
+
+# --- fencing: the writes after an issuance need the lease still held ----------------------
+
+class _TakenOverMidOrder:
+    """An issuer whose order takes long enough for another instance to take the lease over
+    (the holder cut off from the store: its heartbeat stopped), as `take_over` says."""
+
+    def __init__(self, take_over=None):
+        from types import SimpleNamespace
+
+        self.take_over = take_over
+        self.finished_orders: list[str] = []
+        # http-01 through the nodes (no dns-01 solver to set up or wait for)
+        self.solvers = SimpleNamespace(all=lambda: (), for_identifier=lambda spec, name: None)
+
+    async def issue(self, spec, *, replaces=None, resume=None, key_pem=None):
+        from dataclasses import replace as with_
+
+        from tests.test_deploy_file import issued
+
+        if self.take_over is not None:
+            await self.take_over()
+        return with_(issued(spec.name, spec.domains[0]), order_url="https://ca/order/1")
+
+    async def finished(self, order_url, spec) -> None:
+        self.finished_orders.append(order_url)
+
+
+async def test_an_instance_that_lost_its_issue_lease_stores_nothing(any_backend):
+    from certd import instances
+    from certd.model import CertificateSpec
+
+    now = [utcnow()]
+    config = Config.model_validate({"domains": {"preflight": False}, "acme": {"ari": False}})
+    spec = CertificateSpec("portal.example.org", ("portal.example.org",), (), "ec-p256")
+    async with any_backend() as a, any_backend() as b:
+        second = Certd(config, b, _TakenOverMidOrder(), {}, owner="h2:2:bbbb",
+                       clock=lambda: now[0])
+
+        async def cut_off_then_taken_over():
+            now[0] += instances.ALIVE_WITHIN + timedelta(seconds=1)  # no heartbeat since
+            assert await second._try_lease(f"issue:{spec.name}")
+
+        issuer = _TakenOverMidOrder(cut_off_then_taken_over)
+        first = Certd(config, a, issuer, {}, owner="h1:1:aaaa", clock=lambda: now[0])
+        await instances.beat(a, instances.this_instance(first.owner, now[0], now[0]), now[0])
+        assert await first._renew(spec, True, False, now[0]) is None  # fenced: not stored
+        assert await a.certificate_history(spec.name, limit=10) == []
+        assert issuer.finished_orders == []  # the order is the new holder's to finish
+        (fenced,) = await a.events(kind="issue.fenced")
+        assert fenced.severity is Severity.WARNING and fenced.certificate == spec.name
+        assert await b.lease_holder(f"issue:{spec.name}", now[0]) == second.owner
+        # the new holder stores its own, once
+        stored = await second._order(spec, None, "forced")
+        assert stored is not None
+        assert [c.serial for c in await b.certificate_history(spec.name, limit=10)] == [
+            stored.serial]
+        await b.release_lease(f"issue:{spec.name}", second.owner)
+        # a holder that kept its lease (even past its expiry: nobody took it) stores
+        now[0] += timedelta(hours=2)
+        third = Certd(config, a, _TakenOverMidOrder(), {}, owner="h1:1:cccc",
+                      clock=lambda: now[0])
+        again = await third._renew(spec, True, False, now[0])
+        assert again is not None and again.serial != stored.serial
+        assert len(await a.certificate_history(spec.name, limit=10)) == 2
+        assert await a.lease_holder(f"issue:{spec.name}", now[0]) is None  # released
+
+
+async def test_an_import_that_lost_its_issue_lease_stores_nothing(any_backend):
+    """`certd import` (Certd.adopt) writes under `issue:NAME` as an issuance does, fenced the
+    same way: taken over between taking the lease and writing, it stores nothing."""
+    import pytest
+
+    from certd import instances
+    from certd.errors import CertdError
+    from certd.model import CertificateSpec
+    from certd.service import IMPORTED
+    from tests.test_deploy_file import issued
+
+    now = [utcnow()]
+    config = Config.model_validate({"acme": {"ari": False}})
+    name = "portal.example.org"
+    spec = CertificateSpec(name, (name,), ())
+    cert = issued(name, name)
+
+    async def resolve(_name):
+        return spec
+
+    def event():
+        return Event(IMPORTED, f"certificate[{name}]: imported", certificate=name,
+                     data={"serial": cert.serial})
+
+    async with any_backend() as a, any_backend() as b:
+        first = Certd(config, a, None, {}, owner="h1:1:aaaa", clock=lambda: now[0])
+        second = Certd(config, b, None, {}, owner="h2:2:bbbb", clock=lambda: now[0])
+        first.resolve = second.resolve = resolve
+        await instances.beat(a, instances.this_instance(first.owner, now[0], now[0]), now[0])
+        take = first._take_lease
+
+        async def taken_over_after_taking(lease, wait):
+            assert await take(lease, wait)
+            now[0] += instances.ALIVE_WITHIN + timedelta(seconds=1)  # cut off: no heartbeat
+            assert await second._try_lease(lease)
+            return True
+
+        first._take_lease = taken_over_after_taking
+        with pytest.raises(CertdError, match="took the issue lease over"):
+            await first.adopt(cert, event(), expected=None)
+        assert await a.certificate_history(name, limit=10) == []
+        assert await a.get_state(name) is None
+        assert await a.events(kind=IMPORTED) == []
+        assert await b.lease_holder(f"issue:{name}", now[0]) == second.owner  # still its
+        await b.release_lease(f"issue:{name}", second.owner)
+        # not taken over: stored, with its state and event, and the lease released
+        del first._take_lease
+        stored = await first.adopt(cert, event(), expected=None)
+        assert [c.serial for c in await a.certificate_history(name, limit=10)] == [
+            stored.serial]
+        assert (await a.get_state(name)).status.value == "issued"
+        assert len(await a.events(kind=IMPORTED)) == 1
+        assert await a.lease_holder(f"issue:{name}", now[0]) is None
+
+
+# --- a monitor sweep longer than its lease ------------------------------------------------
+
+class SlowMonitor(CountingMonitor):
+    """A sweep that lasts until `release` is set; `cancelled` counts the ones stopped."""
+
+    def __init__(self, config):
+        import asyncio
+
+        super().__init__(config)
+        self.release = asyncio.Event()
+        self.cancelled = 0
+
+    async def sweep(self) -> None:
+        import asyncio
+
+        self.sweeps += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def slow_instance(store, now, owner) -> tuple[Scheduler, SlowMonitor]:
+    config = Config.model_validate({"monitor": {"interval": "1h", "jitter": "5m"}})
+    certd = Certd(config, store, issuer=None, deployers_by_frontend={}, owner=owner,
+                  clock=lambda: now[0])
+    monitor = SlowMonitor(config.monitor)
+    return Scheduler(Sweeper(certd), config.renewal, monitor=monitor), monitor
+
+
+async def test_a_monitor_sweep_longer_than_its_lease_keeps_it_or_stops(any_backend,
+                                                                     monkeypatch):
+    import asyncio
+
+    from certd import instances, scheduler
+
+    monkeypatch.setattr(scheduler, "LEASE_RENEW_EVERY", timedelta(seconds=0.02))
+    now = [utcnow()]
+    async with any_backend() as a, any_backend() as b:
+        (one, m1), (two, m2) = slow_instance(a, now, "h1:1:aaaa"), slow_instance(b, now,
+                                                                              "h2:2:bbbb")
+        row = instances.this_instance("h1:1:aaaa", now[0], now[0])
+        await instances.beat(a, row, now[0])
+        sweeping = asyncio.create_task(one._shared_monitor_sweep())
+        while m1.sweeps == 0:
+            await asyncio.sleep(0.01)
+        # the sweep outlasts its lease (55 minutes): renewed meanwhile, never lapses
+        now[0] += timedelta(hours=2)
+        await instances.beat(a, row, now[0])  # alive
+        await asyncio.sleep(0.3)
+        held = [(n, o) for n, o, _ in await b.leases(now[0])]
+        assert held == [(MONITOR_LEASE, "h1:1:aaaa")]
+        await two._shared_monitor_sweep()
+        assert (m1.sweeps, m2.sweeps) == (1, 0)  # no second sweep beside it
+        m1.release.set()
+        await sweeping
+        assert m1.cancelled == 0
+        # a sweep whose instance is cut off from the store (its heartbeat stops): another
+        # takes the lease over and sweeps; the first stops at its next renewal
+        m1.release.clear()
+        now[0] += timedelta(hours=2)
+        await instances.beat(a, row, now[0])
+        sweeping = asyncio.create_task(one._shared_monitor_sweep())
+        while m1.sweeps == 1:
+            await asyncio.sleep(0.01)
+        now[0] += instances.ALIVE_WITHIN + timedelta(seconds=1)
+        m2.release.set()
+        await two._shared_monitor_sweep()
+        assert m2.sweeps == 1
+        assert await asyncio.wait_for(sweeping, 10) is None
+        assert (m1.sweeps, m1.cancelled) == (2, 1)
+        assert await b.lease_holder(MONITOR_LEASE, now[0]) == "h2:2:bbbb"
+
+
+async def test_a_monitor_sweep_stops_when_the_store_stays_unreachable(monkeypatch):
+    import asyncio
+
+    from certd import scheduler
+    from certd.errors import StoreError
+    from certd.store.memory import MemoryStore
+    from tests.stores import opened
+
+    monkeypatch.setattr(scheduler, "LEASE_RENEW_EVERY", timedelta(seconds=0.02))
+    now = [utcnow()]
+    async with opened(MemoryStore()) as store:
+        one, m1 = slow_instance(store, now, "h1:1:aaaa")
+        renewals = []
+
+        async def unreachable(*args):
+            renewals.append(now[0])
+            now[0] += timedelta(seconds=1)  # each failed try takes a while
+            raise StoreError("memory: connection lost")
+
+        monkeypatch.setattr(store, "extend_lease", unreachable)
+        await asyncio.wait_for(one._shared_monitor_sweep(), 10)
+        # given up before the others could take it over (ALIVE_WITHIN without a beat)
+        assert m1.cancelled == 1 and 10 <= len(renewals) <= 20, len(renewals)
+
+
+# --- events: at-least-once delivery across instances --------------------------------------
+
+class _Killed(BaseException):
+    """The process dies here (nothing after it runs)."""
+
+
+class DiesWhileSending:
+    async def notify(self, notification) -> None:
+        raise _Killed
+
+
+class Refusing(Sent):
+    """A notifier that fails its first `failures` notices."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures = failures
+
+    async def notify(self, notification) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("webhook down")
+        await super().notify(notification)
+
+
+async def test_an_event_claimed_by_an_instance_that_died_is_sent_by_another(any_backend):
+    import pytest
+
+    from certd.monitor import events
+
+    now = [utcnow()]
+    async with any_backend() as a, any_backend() as b:
+        sent = Sent()
+        dying = EventForwarder(a, DiesWhileSending(), clock=lambda: now[0], owner="a")
+        other = EventForwarder(b, sent, clock=lambda: now[0], owner="b")
+        for f in (dying, other):
+            await f.start()
+        await a.add_event(Event("issue.failed", "lost?", Severity.ERROR, at=now[0]))
+        with pytest.raises(_Killed):
+            await dying.forward()  # claimed, then the process died before sending
+        assert await other.forward() == 0  # claimed by a holder that may still be alive
+        now[0] += events.CLAIM_FOR / 2
+        assert await other.forward() == 0
+        now[0] += events.CLAIM_FOR / 2 + timedelta(seconds=1)  # the claim expired undelivered
+        assert await other.forward() == 1
+        assert sent.messages == ["lost?"]
+        now[0] += events.CLAIM_FOR * 2  # the delivery is recorded: nobody sends it again
+        assert await other.forward() == 0
+        restarted = EventForwarder(a, sent, clock=lambda: now[0], owner="a2")
+        restarted.after = 0  # even one reading the whole log again
+        assert await restarted.forward() == 0
+        assert sent.messages == ["lost?"]
+        # delivered by a live holder: never a second time, however long the others watch
+        await b.add_event(Event("deploy.failed", "once", Severity.ERROR, at=now[0]))
+        live = EventForwarder(a, sent, clock=lambda: now[0], owner="a3")
+        live.after = other.after
+        assert await live.forward() == 1
+        for _ in range(5):
+            now[0] += events.CLAIM_FOR
+            assert await other.forward() == 0
+        assert sent.messages == ["lost?", "once"]
+        # an event whose holder died long ago (past RETRY_WITHIN) is no longer re-claimed
+        await a.add_event(Event("issue.failed", "late", Severity.ERROR, at=now[0]))
+        doomed = EventForwarder(a, DiesWhileSending(), clock=lambda: now[0], owner="a4")
+        doomed.after = other.after
+        with pytest.raises(_Killed):
+            await doomed.forward()
+        assert await other.forward() == 0
+        now[0] += events.RETRY_WITHIN + timedelta(seconds=1)
+        assert await other.forward() == 0 and not other._watched
+        assert sent.messages == ["lost?", "once"]
+
+
+async def test_an_event_the_notifiers_refused_is_tried_again_a_bounded_number_of_times():
+    from certd.monitor import events
+    from certd.store.memory import MemoryStore
+    from tests.stores import opened
+
+    now = [utcnow()]
+    async with opened(MemoryStore()) as store:
+        refusing = Refusing(failures=1)
+        forwarder = EventForwarder(store, refusing, clock=lambda: now[0], owner="a")
+        await forwarder.start()
+        await store.add_event(Event("issue.failed", "flaky", Severity.ERROR, at=now[0]))
+        assert await forwarder.forward() == 0  # refused: the claim is released
+        assert await store.lease_holder(f"event:{(await store.events())[0].id}", now[0]) is None
+        assert await forwarder.forward() == 1 and refusing.messages == ["flaky"]
+        assert await forwarder.forward() == 0
+        # always refused: MAX_TRIES, then given up
+        never = Refusing(failures=100)
+        forwarder.alerts = never
+        await store.add_event(Event("issue.failed", "never", Severity.ERROR, at=now[0]))
+        for _ in range(events.MAX_TRIES + 3):
+            assert await forwarder.forward() == 0
+        assert never.failures == 100 - events.MAX_TRIES

@@ -2,7 +2,8 @@
 13, "Tests against real software"): every node's `/.well-known/acme-challenge/` upstream names
 both instances' challenge listeners (round robin), so the CA's validation requests reach
 whichever instance nginx picks, not the one that placed the order. Orders are counted from
-pebble's side."""
+pebble's side. Faults: kill -9 of one instance, a PostgreSQL restart, one instance cut off
+from PostgreSQL (a partition), one stalled after the CA issued (fencing)."""
 
 from __future__ import annotations
 
@@ -350,3 +351,259 @@ def test_postgresql_restarted_mid_run_both_instances_carry_on(lab, tmp_path):
         if pebble is not None:
             pebble.stop()
         cluster.destroy()
+
+
+class Partition:
+    """Cuts the processes `pids` off from PostgreSQL: a thread terminates every backend whose
+    `application_name` is `certd:PID` (certd/store/pg_pool.py) over and over, through a
+    superuser connection of its own on the cluster's private socket, until `stop()`; and
+    their new logins fail meanwhile (`password_file`, theirs alone and read at each new
+    connection, holds a wrong password): terminating alone lets a reconnecting process run
+    a statement or two between passes, which a partition would not. It also samples, through
+    a second connection, the leases `owner` holds and its heartbeat row, to tell whether the
+    cut-off instance still got anything through."""
+
+    PERIOD = 0.005  # seconds between two passes
+
+    def __init__(self, db, pids: list[int], owner: str, password_file):
+        import threading
+
+        self.db, self.owner, self.password_file = db, owner, password_file
+        self._password = password_file.read_text()
+        self.names = [f"certd:{pid}" for pid in pids]
+        self.killed = 0
+        self.samples: list[tuple[float, frozenset[str], object]] = []  # (t, leases, last seen)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._first_pass = threading.Event()
+        self.error: BaseException | None = None
+
+    async def _connect(self):
+        import asyncpg
+
+        cluster = self.db.cluster
+        return await asyncpg.connect(host=str(cluster.socket_dir), port=cluster.port,
+                                     user="postgres", database=self.db.name)
+
+    async def _run(self) -> None:
+        try:
+            killer, watcher = await self._connect(), await self._connect()
+            try:
+                next_sample = 0.0
+                while not self._stop.is_set():
+                    self.killed += await killer.fetchval(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                        "FROM pg_stat_activity WHERE application_name = ANY($1::text[])",
+                        self.names)
+                    self._first_pass.set()
+                    if time.monotonic() >= next_sample:
+                        held = await watcher.fetch("SELECT name FROM leases WHERE owner = $1",
+                                                   self.owner)
+                        seen = await watcher.fetchval(
+                            "SELECT last_seen_at FROM instances WHERE id = $1", self.owner)
+                        self.samples.append((time.monotonic(),
+                                             frozenset(r["name"] for r in held), seen))
+                        next_sample = time.monotonic() + 0.25
+                    await asyncio.sleep(self.PERIOD)
+            finally:
+                await killer.close()
+                await watcher.close()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            self.error = exc
+            self._first_pass.set()
+
+    def start(self) -> None:
+        self.password_file.write_text("not-the-password\n")
+        self._thread.start()
+        assert self._first_pass.wait(30) and self.error is None, self.error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.password_file.write_text(self._password)
+        assert self.error is None, self.error
+
+
+def _issue_leases_of(db, pid: int) -> tuple[str | None, list[str]]:
+    """(the instance id of the process `pid`, the issue leases it holds); (None, []) before
+    its first heartbeat (or before the schema exists)."""
+    from tests.lab.procs import LabError
+
+    try:
+        rows = db.psql("SELECT i.id, l.name FROM instances i LEFT JOIN leases l ON "
+                       "l.owner = i.id AND l.name LIKE 'issue:%' AND l.expires_at > now() "
+                       f"WHERE i.pid = {int(pid)}")
+    except LabError as exc:
+        if "does not exist" in str(exc):
+            return None, []
+        raise
+    lines = [line.split("|") for line in rows.splitlines() if line]
+    return (lines[0][0] if lines else None), [name for _, name in lines if name]
+
+
+def test_an_instance_cut_off_from_postgresql_stops_taking_work_and_the_other_carries_on(
+        lab, postgres_database, tmp_path):
+    # instance 0 (A) is cut off (its backends terminated over and over) while it holds issue
+    # leases with orders due, for longer than the takeover time (its heartbeat is stale after
+    # instances.ALIVE_WITHIN, then the sweep of instance 1 (B) looks again within
+    # sweep.BUSY_RECHECK); then it is let back in
+    from certd import instances, sweep
+
+    db = postgres_database
+    pebble = lab.start_pebble()
+    certificates = names(30, prefix="cut")
+    lab.set_sites({n: [f"{n}.test"] for n in certificates})
+    daemons: list[Daemon] = []
+    partition = None
+    cut_for = (instances.ALIVE_WITHIN + sweep.BUSY_RECHECK).total_seconds() + 15
+    try:
+        configs = [instance_config(lab, db, tmp_path, i, certificates, pebble,
+                                   renewal={"max_concurrent": 1}) for i in range(2)]
+        own_password = tmp_path / "password-a"  # A's own copy: its logins fail while cut off
+        own_password.write_text(db.password_file.read_text())
+        own_password.chmod(0o600)
+        data = yaml.safe_load(configs[0][0].read_text())
+        write_config(configs[0][0], {**data, "storage_password_file": str(own_password)})
+        lab.set_challenge_servers([listen for _, listen in configs])
+        daemons = [Daemon(path, tmp_path / f"certd{i}.log") for i, (path, _) in
+                   enumerate(configs)]
+        a, b = daemons
+        # A holds an issue lease (an order in flight)
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            owner, held = _issue_leases_of(db, a.proc.pid)
+            if owner and held:
+                break
+            assert time.monotonic() < deadline, a.log_tail()
+            time.sleep(0.02)
+        partition = Partition(db, [a.proc.pid], owner, own_password)
+        partition.start()
+        cut_at = time.monotonic()
+        issued_at_cut = pebble.count_issued()
+        time.sleep(2)  # what A had sent before the cut is done by now
+        orders_of_a = a.log().count(": ordering (")
+        time.sleep(max(0.0, cut_for - (time.monotonic() - cut_at)))
+        # B took A's leases over: its log says so, and the names A held are issued
+        assert "is dead; taken over" in b.log(), b.log_tail()
+        during = [s for s in partition.samples if s[0] >= cut_at + 2]
+        partition.stop()
+        cut_took = time.monotonic() - cut_at
+        sweeps = a.log().count("sweep done:")
+        issued_during = pebble.count_issued() - issued_at_cut
+        # A took no new work while cut off: no order started, no lease gained, no heartbeat
+        assert a.log().count(": ordering (") == orders_of_a, a.log_tail()
+        first = during[0]
+        # ... and B took A's issue leases over (those still due: one whose certificate A
+        # stored just before the cut, its release cut off, just expires), and carried on
+        taken = [lease for lease in first[1] if f"lease {lease}: holder {owner} is dead; "
+                 "taken over" in b.log()]
+        assert any(lease.startswith("issue:") for lease in taken), (first, b.log_tail())
+        assert issued_during > 0
+        assert all(s[1] <= first[1] for s in during), [sorted(s[1]) for s in during]
+        assert {s[2] for s in during} == {first[2]}, "a heartbeat got through the cut"
+        assert a.alive(), a.log_tail()
+        # everything served, each certificate issued once, no mixed pair
+        serials = wait_served_everywhere(lab, certificates, daemons)
+        # A rejoins: alive again in the store, sweeping again, and duplicates nothing
+        deadline = time.monotonic() + PATIENCE
+        beats = f"SELECT count(*) FROM instances WHERE id = '{owner}' AND last_seen_at > "
+        beats += "statement_timestamp() - interval '6 seconds'"
+        while a.log().count("sweep done:") <= sweeps or db.psql(beats) != "1":
+            assert time.monotonic() < deadline, a.log_tail()
+            time.sleep(0.3)
+        status = run_certd(tmp_path / "certd0.yaml", "status", "--instances", "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["alive"] == 2
+        time.sleep(3)
+        orders, issued = pebble.count_new_orders(), pebble.count_issued()
+        fenced = db.psql("SELECT count(*) FROM events WHERE kind = 'issue.fenced'")
+        print(f"cut off {cut_took:.1f}s ({partition.killed} backends terminated); A held "
+              f"{sorted(first[1])}; {issued_at_cut} issued at the cut, {issued_during} while "
+              f"cut off; pebble: {orders} orders, {issued} issued; fenced results: {fenced}")
+        assert issued == len(certificates), [d.log_path for d in daemons]
+        history = stored_history(db, certificates)
+        assert {n: len(h) for n, h in history.items()} == {n: 1 for n in certificates}
+        assert {n: format(int(h[0].serial, 16), "x") for n, h in history.items()} == serials
+        assert_pairs_match(history)
+        assert_node_pairs_match(lab, certificates)
+        for d in daemons:
+            assert d.alive(), d.log_tail()
+    finally:
+        if partition is not None and partition._thread.is_alive():
+            partition._stop.set()
+            partition._thread.join(timeout=30)
+        stop_all(daemons)
+        lab.set_challenge_servers(None)
+        pebble.stop()
+
+
+def _stopped(pid: int) -> bool:
+    """True while process `pid` is stopped (SIGSTOP): state T in /proc/PID/stat."""
+    from pathlib import Path
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def test_an_instance_stalled_after_the_ca_issued_stores_nothing_once_taken_over(
+        lab, postgres_database, tmp_path):
+    # instance 0 (A) stops itself (SIGSTOP) right after the CA issued its first certificate
+    # (the order's key saved, nothing stored): its heartbeat stops, B takes the issue lease
+    # over, resumes the order and stores the certificate. Then A is continued: its unit of
+    # work finds the lease no longer its own (fencing) and stores nothing
+    import os
+    import signal
+
+    db = postgres_database
+    pebble = lab.start_pebble()
+    certificates = names(4, prefix="stl")
+    lab.set_sites({n: [f"{n}.test"] for n in certificates})
+    daemons: list[Daemon] = []
+    try:
+        configs = [instance_config(lab, db, tmp_path, i, certificates, pebble,
+                                   renewal={"max_concurrent": 1}) for i in range(2)]
+        lab.set_challenge_servers([listen for _, listen in configs])
+        env = {"CERTD_FAILPOINT": "issue:finalized", "CERTD_FAILPOINT_ACTION": "stop"}
+        daemons = [Daemon(configs[0][0], tmp_path / "certd0.log", env=env),
+                   Daemon(configs[1][0], tmp_path / "certd1.log")]
+        a, b = daemons
+        deadline = time.monotonic() + PATIENCE
+        while not _stopped(a.proc.pid):
+            assert a.alive() and time.monotonic() < deadline, a.log_tail()
+            time.sleep(0.05)
+        stalled = [line.split("certificate[", 1)[1].split("]", 1)[0]
+                   for line in a.log().splitlines() if ": ordering (" in line][-1]
+        # B takes the lease over from the silent A, resumes its order, stores, deploys
+        serials = wait_served_everywhere(lab, certificates, [b])
+        assert "resuming order" in b.log(), b.log_tail()
+        assert f"lease issue:{stalled}: holder" in b.log()
+        os.kill(a.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + PATIENCE
+        fenced = f"lease issue:{stalled} was taken over while ordering"
+        while fenced not in a.log():
+            assert a.alive() and time.monotonic() < deadline, a.log_tail()
+            time.sleep(0.1)
+        time.sleep(2)
+        orders, issued = pebble.count_new_orders(), pebble.count_issued()
+        print(f"A stalled after the CA issued {stalled}; B resumed it; A continued and was "
+              f"fenced; pebble: {orders} orders, {issued} issued")
+        assert (orders, issued) == (4, 4)
+        history = stored_history(db, certificates)
+        assert {n: len(h) for n, h in history.items()} == {n: 1 for n in certificates}
+        assert {n: format(int(h[0].serial, 16), "x") for n, h in history.items()} == serials
+        assert_pairs_match(history)
+        assert_node_pairs_match(lab, certificates)
+        events = db.psql("SELECT certificate FROM events WHERE kind = 'issue.fenced'")
+        assert events.splitlines() == [stalled]
+        for d in daemons:
+            assert d.alive(), d.log_tail()
+    finally:
+        for d in daemons:  # a stopped process would not see SIGTERM
+            if d.alive():
+                os.kill(d.proc.pid, signal.SIGCONT)
+        stop_all(daemons)
+        lab.set_challenge_servers(None)
+        pebble.stop()

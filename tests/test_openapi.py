@@ -5,23 +5,17 @@ the documented status codes, content types, headers and schemas."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 
 import pytest
 import requests
-from aiohttp import web
+import schemathesis
 from hypothesis import HealthCheck, settings
 
 from certd.api import app as api
 from certd.api.openapi import document
 from certd.api.tokens import parse
-from certd.app import open_certd
-from tests.certd_api import api_client, api_config
-from tests.lab.procs import free_port
-
-import schemathesis  # noqa: E402
+from tests.certd_api import api_client, api_config, live_api
 
 TOKEN = "openapi-token-0123456789"
 H = {"Authorization": f"Bearer {TOKEN}"}
@@ -84,7 +78,8 @@ def test_document_matches_the_router_and_the_auth_rules():
     doc = document()
     app = api.build_app(None, parse(f"ops {TOKEN}\n", "tokens"))
     routed = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
-              if r.method != "HEAD"}  # aiohttp adds HEAD to every GET; not part of the API
+              if r.method != "HEAD"  # aiohttp adds HEAD to every GET; not part of the API
+              and not (r.resource.canonical + "/").startswith("/ui/")}  # the dashboard's files
     documented = {(m, p) for p, item in doc["paths"].items() for m in item if m in METHODS}
     assert routed == documented
     assert all(p in ("/healthz", "/metrics") or p.startswith("/api/") for _, p in routed)
@@ -116,38 +111,8 @@ def live(tmp_path_factory):
     """certd's API on a free 127.0.0.1 port, served from its own thread and event loop (the
     schemathesis tests are synchronous and call it with requests)."""
     tmp = tmp_path_factory.mktemp("openapi")
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    failure: list[BaseException] = []
-
-    async def serve():
-        try:
-            async with open_certd(_config(tmp)) as certd:
-                runner = web.AppRunner(api.build_app(certd, parse(f"ops {TOKEN}\n", "tokens")))
-                await runner.setup()
-                try:
-                    await web.TCPSite(runner, "127.0.0.1", port).start()
-                    ready.set()
-                    await stop.wait()
-                finally:
-                    await runner.cleanup()
-        except Exception as exc:  # noqa: BLE001 - re-raised in the test thread
-            failure.append(exc)
-            ready.set()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30), "API did not start"
-    if failure:
-        raise failure[0]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
+    with live_api(_config(tmp), parse(f"ops {TOKEN}\n", "tokens")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,14 @@ def test_lifetime_rule(days, before):
     assert abs((c.not_after - p.at) - timedelta(days=before)) < timedelta(seconds=1)
 
 
-def test_before_expiry_and_its_clamp():
+def test_before_expiry_and_its_limit():
     assert plan(cert(days=90), before_expiry=timedelta(days=20)).at == T0 + 70 * DAY
-    # longer than the lifetime: due from the start, never before it
-    assert plan(cert(days=6), before_expiry=timedelta(days=30)).at == T0
+    assert plan(cert(days=90), before_expiry=timedelta(days=45)).at == T0 + 45 * DAY
+    # a lead time past half the lifetime (a 30-day one on 45-day or 160-hour certificates)
+    # would renew a fresh certificate at once, every sweep: the lifetime rule decides instead
+    for days, at in ((45, 30), (6, 3)):
+        p = plan(cert(days=days), before_expiry=timedelta(days=30))
+        assert (p.at, p.reason) == (T0 + at * DAY, "lifetime")
 
 
 def test_ari_window_wins_and_inverted_or_stale_windows_are_ignored():

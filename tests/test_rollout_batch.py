@@ -222,6 +222,29 @@ async def test_a_certificate_failing_verification_is_rolled_back_alone(tmp_path,
     # per node: the batch's reload, then the one after rolling c04 back
     assert {n: memory.reloads[n] - before[n] for n in before} == {"fe1": 2, "fe2": 2}
     assert memory.live["fe1"]["c04"] == good["c04"].serial
+    # the stored fact the views read: verified when seen serving, cleared on the failure
+    for name in names:
+        deps = await store.deployments(name)
+        assert [(d.node, d.status) for d in deps] == [
+            ("fe1", DeployStatus.ROLLED_BACK if name == "c04" else DeployStatus.DEPLOYED),
+            ("fe2", DeployStatus.ROLLED_BACK if name == "c04" else DeployStatus.DEPLOYED)]
+        assert {d.verified_at for d in deps} == {None if name == "c04" else T0}, name
+
+
+async def test_a_deployment_without_verification_is_not_marked_verified(tmp_path, store,
+                                                                        monkeypatch):
+    cfg = make_config(tmp_path, nodes=2, verify_=False)
+    memory = MemoryDeployer()
+
+    async def never(*args):  # verify off: no handshake is made
+        raise AssertionError("verified with frontends.*.verify off")
+
+    monkeypatch.setattr(verify, "wait_serving", never)
+    results = await Rollout(cfg, store, {"web": memory}, lambda: T0).run_batch(
+        work(cfg, ["c00"], certificates(["c00"])))
+    assert all(r.ok for r in results["c00"])
+    deps = await store.deployments("c00")
+    assert [(d.status, d.verified_at) for d in deps] == [(DeployStatus.DEPLOYED, None)] * 2
 
 
 # --- bisection with the real file deployer and a real check ---------------------------------
@@ -343,3 +366,34 @@ async def test_concurrent_deploys_go_out_as_one_batch_and_respect_leases(tmp_pat
     assert memory.reloads == {"fe1": 2, "fe2": 2}
     assert (await store.get_state("c07")).status.value == "deployed"
     assert await store.lease_holder("deploy:c01", T0) is None  # released after the batch
+
+
+async def test_a_certificate_issued_during_its_rollout_stays_issued(tmp_path, store):
+    """The state 'deployed' says the current certificate is on every node: a newer one stored
+    while the older went out (another instance's issuance) keeps 'issued', so the next sweep
+    deploys it, instead of being hidden until the deploy sync."""
+    from certd.model import CertificateState, CertStatus
+
+    cfg = make_config(tmp_path, nodes=2, names=2)
+    newer = issued("c01", "c01.example.org")
+
+    class IssuedMeanwhile(MemoryDeployer):
+        async def deploy(self, batch):
+            out = await super().deploy(batch)
+            if len(self.calls) == 1:
+                async with store.transaction():  # as Certd._store_issued does
+                    await store.add_certificate(newer)
+                    await store.put_state(CertificateState("c01", CertStatus.ISSUED))
+            return out
+
+    certd = Certd(cfg, store, None, {"web": IssuedMeanwhile()}, owner="me", clock=lambda: T0)
+    for cert in certificates(["c00", "c01"]).values():
+        await store.add_certificate(cert)
+    try:
+        results = await asyncio.gather(certd.deploy("c00"), certd.deploy("c01"))
+    finally:
+        await certd.close()
+    assert all(r.ok for rs in results for r in rs)
+    assert (await store.get_state("c00")).status is CertStatus.DEPLOYED
+    assert (await store.get_state("c01")).status is CertStatus.ISSUED  # the newer one: not out
+    assert (await store.current_certificate("c01")).serial == newer.serial

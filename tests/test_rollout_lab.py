@@ -18,6 +18,7 @@ import pytest
 
 from certd import config as configuration
 from certd.app import challenge_listener, open_certd
+from certd.model import DeployStatus
 from tests.certd_lab import (
     Daemon,
     counted_reload,
@@ -198,6 +199,8 @@ async def test_a_group_without_reload_still_verifies(lab, tmp_path):
         views = [d for n in names for d in await certd.store.deployments(n)]
     assert all(r.ok and "verified serving" in r.message for rs in results for r in rs)
     assert len({d.batch for d in views}) == 1 and all(d.seconds is not None for d in views)
+    # the verification is stored with each record (what status/the API show as `verified`)
+    assert all(d.status == DeployStatus.DEPLOYED and d.verified_at is not None for d in views)
     assert_served(lab, {n: c.serial for n, c in issued.items()})
     assert {n.name: _reload_signals(lab, n.name) for n in lab.nodes} == signals
 

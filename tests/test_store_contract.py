@@ -190,6 +190,18 @@ async def test_certificates(store):
     assert (await store.current_certificate("other")).serial == "99"
 
 
+async def test_the_issuing_ca_is_kept_with_each_certificate(store):
+    """acme.issuers: the directory URL of the CA that issued it, through every read
+    (current, history, the sweep's overview, the views' details); None when unknown."""
+    directory = "https://ca-two.example/acme/directory"
+    await store.add_certificate(cert(serial="01"))
+    await store.add_certificate(replace(cert(serial="02"), issuer=directory))
+    assert (await store.current_certificate("portal")).issuer == directory
+    assert [c.issuer for c in await store.certificate_history("portal")] == [None, directory]
+    assert (await store.overview())["portal"][0].issuer == directory
+    assert (await store.details(["portal"]))["portal"].summary.issuer == directory
+
+
 async def test_current_is_the_newest_added_not_the_latest_expiry(store):
     await store.add_certificate(cert(serial="long", days=365))
     await store.add_certificate(cert(serial="short", days=6))
@@ -257,6 +269,24 @@ async def test_deployments_upsert_per_certificate_frontend_node(store):
     assert await store.deployments("nothing") == []
 
 
+async def test_a_deployment_keeps_when_it_was_verified(store):
+    # the rollout's stored fact (certd/rollout.py _verify), read back by deployments() and
+    # details() alike; a later record without it (verify off, a failure) clears it
+    seen = T0 + timedelta(seconds=3, microseconds=250)
+    await store.put_deployment(Deployment("portal", "web", "fe1", "01", DeployStatus.DEPLOYED,
+                                          "placed", T0, "b1", 0.5, verified_at=seen))
+    await store.put_deployment(Deployment("portal", "web", "fe2", "01", DeployStatus.DEPLOYED,
+                                          "placed", T0, "b1", 0.5))
+    deps = await store.deployments("portal")
+    assert [(d.node, d.verified_at) for d in deps] == [("fe1", seen), ("fe2", None)]
+    assert deps[0].verified_at.utcoffset() == timedelta(0)
+    details = (await store.details(["portal"]))["portal"]
+    assert [d.verified_at for d in details.deployments] == [seen, None]
+    await store.put_deployment(Deployment("portal", "web", "fe1", "02",
+                                          DeployStatus.ROLLED_BACK, "verify: serves 01", T0))
+    assert [d.verified_at for d in await store.deployments("portal")] == [None, None]
+
+
 async def test_events_newest_first_with_filters(store):
     for i in range(5):
         await store.add_event(Event(
@@ -277,6 +307,12 @@ async def test_events_newest_first_with_filters(store):
                                                   kind="deploy.failed")] == ["event 1"]
     assert [e.message for e in await store.events(limit=2)] == ["event 4", "event 3"]
     assert await store.events(certificate="nobody") == []
+    # pages: `before` is the last id of the previous page (the dashboard's cursor)
+    page2 = await store.events(limit=2, before=events[1].id)
+    assert [e.message for e in page2] == ["event 2", "event 1"]
+    assert [e.message for e in await store.events(certificate="portal", before=page2[0].id)
+            ] == ["event 1", "event 0"]
+    assert await store.events(before=events[-1].id) == []
 
 
 async def test_event_ids_and_the_feed_since_an_id(store):
@@ -353,6 +389,72 @@ async def test_lease_holder_and_take_over(store):
     assert not await store.take_over_lease("issue:nothing", "dead", "me", until)
 
 
+async def test_extend_lease_only_by_its_holder(store):
+    until = T0 + timedelta(minutes=5)
+    assert not await store.extend_lease("monitor", "a", until)  # no lease: nothing to extend
+    assert await store.acquire_lease("monitor", "a", until, T0)
+    assert not await store.extend_lease("monitor", "b", until + timedelta(hours=1))
+    assert await store.extend_lease("monitor", "a", T0 + timedelta(minutes=20))
+    assert await store.leases(T0) == [("monitor", "a", T0 + timedelta(minutes=20))]
+    assert await store.lease_holder("monitor", T0 + timedelta(minutes=19)) == "a"
+    # expired, taken by nobody since: still its holder's to extend (nobody else worked)
+    late = T0 + timedelta(minutes=30)
+    assert await store.extend_lease("monitor", "a", late + timedelta(minutes=5))
+    assert await store.lease_holder("monitor", late) == "a"
+    # taken over (or expired and acquired) by another: the old holder's extension fails
+    assert await store.take_over_lease("monitor", "a", "b", late + timedelta(minutes=5))
+    assert not await store.extend_lease("monitor", "a", late + timedelta(hours=1))
+    assert await store.lease_holder("monitor", late) == "b"
+    await store.release_lease("monitor", "b")
+    assert not await store.extend_lease("monitor", "b", late + timedelta(hours=1))
+    # purged once expired: gone
+    assert await store.acquire_lease("monitor", "c", late + timedelta(minutes=1), late)
+    assert await store.purge_leases(late + timedelta(minutes=2)) == 1
+    assert not await store.extend_lease("monitor", "c", late + timedelta(hours=1))
+
+
+async def test_extend_lease_in_a_unit_of_work_fences_a_take_over(any_backend):
+    # the holder checks its lease inside a unit of work (the writes after an issuance): a
+    # take-over by another instance started meanwhile waits until the unit has committed
+    # (PostgreSQL's row lock, SQLite's write lock, memory's gate), so it never lands between
+    # the check and the writes it guards
+    async with any_backend() as a, any_backend() as b:
+        until = T0 + timedelta(minutes=5)
+        assert await a.acquire_lease("issue:portal", "a", until, T0)
+        checked, go_on = asyncio.Event(), asyncio.Event()
+        order: list[str] = []
+
+        async def holder() -> bool:
+            async with a.transaction():
+                held = await a.extend_lease("issue:portal", "a", until + timedelta(minutes=1))
+                checked.set()
+                await go_on.wait()
+                await a.add_event(Event("issue.ok", "stored under the lease", at=T0))
+            order.append("committed")
+            return held
+
+        async def other() -> bool:
+            await checked.wait()
+            took = await b.take_over_lease("issue:portal", "a", "b", until)
+            # what the take-over saw committed (the two tasks' wake-ups after the commit
+            # come in either order, so the order of appends proves nothing by itself)
+            order.append(("taken over", [e.message for e in await b.events()]))
+            return took
+
+        unit = asyncio.create_task(holder())
+        rival = asyncio.create_task(other())
+        await checked.wait()
+        await asyncio.sleep(0.2)
+        assert order == []  # the take-over waits for the unit
+        go_on.set()
+        assert await unit and await rival
+        assert sorted(order, key=str) == [("taken over", ["stored under the lease"]),
+                                          "committed"]
+        assert [e.message for e in await b.events()] == ["stored under the lease"]
+        assert await b.lease_holder("issue:portal", T0) == "b"
+        assert not await a.extend_lease("issue:portal", "a", until)  # fenced off now
+
+
 async def test_concurrent_lease_race_has_one_winner(any_backend):
     async with (any_backend() as a, any_backend() as b, any_backend() as c,
                 any_backend() as d):
@@ -406,6 +508,124 @@ async def test_ledger_times_are_oldest_first_whatever_the_order_added(store):
         await store.ledger_add("order", ["example.org"], T0 + timedelta(hours=hours))
     assert await store.ledger_times("order", "example.org", T0) == [
         T0 + timedelta(hours=h) for h in (1, 2, 3)]
+
+
+async def test_ledger_take_records_while_under_the_limit(store):
+    hour = timedelta(hours=1)
+    await store.ledger_add("api_alias", ["ci"], T0 - 2 * hour)  # out of the window
+    for minutes in (0, 10, 20):
+        at = T0 + timedelta(minutes=minutes)
+        assert await store.ledger_take("api_alias", "ci", at, since=at - hour, limit=3) is None
+    late = T0 + timedelta(minutes=30)
+    # full: nothing recorded, and the answer is the entry whose leaving frees a slot
+    assert await store.ledger_take("api_alias", "ci", late, since=late - hour, limit=3) == T0
+    assert await store.ledger_take("api_alias", "ci", late, since=late - hour, limit=2) == (
+        T0 + timedelta(minutes=10))
+    assert await store.ledger_take("api_alias", "ops", late, since=late - hour, limit=3) is None
+    assert await store.ledger_take("order", "ci", late, since=late - hour, limit=1) is None
+    assert await store.ledger_times("api_alias", "ci", T0 - 3 * hour) == [
+        T0 - 2 * hour, T0, T0 + timedelta(minutes=10), T0 + timedelta(minutes=20)]
+    after = T0 + timedelta(minutes=61)  # the first one has left the window
+    assert await store.ledger_take("api_alias", "ci", after, since=after - hour,
+                                   limit=3) is None
+    assert await store.ledger_take("api_alias", "ci", after, since=after - hour,
+                                   limit=0) == after  # never a slot
+
+
+async def test_ledger_take_in_a_rolled_back_unit_gives_the_slot_back(store):
+    since = T0 - timedelta(hours=1)
+    with pytest.raises(RuntimeError):
+        async with store.transaction():
+            assert await store.ledger_take("api_alias", "ci", T0, since=since, limit=1) is None
+            raise RuntimeError("the alias was there already")
+    assert await store.ledger_times("api_alias", "ci", since) == []
+    assert await store.ledger_take("api_alias", "ci", T0, since=since, limit=1) is None
+
+
+async def test_concurrent_ledger_takes_never_pass_the_limit(any_backend):
+    # handles as processes: every take of every handle races for 5 slots
+    async with any_backend() as a, any_backend() as b, any_backend() as c:
+        since = T0 - timedelta(hours=1)
+        takes = [h.ledger_take("api_alias", "ci", T0 + timedelta(seconds=i), since=since,
+                               limit=5) for i, h in enumerate([a, b, c] * 8)]
+        results = await asyncio.gather(*takes)
+        assert sum(r is None for r in results) == 5
+        assert all(r is None or since < r <= T0 + timedelta(seconds=23) for r in results)
+        assert len(await c.ledger_times("api_alias", "ci", since)) == 5
+
+
+# --- the change stamp (what the API's rendered reads are cached against) ---------------------
+
+async def test_change_stamp_moves_with_every_write_a_view_shows(any_backend):
+    async with any_backend() as a, any_backend() as b:  # b writes, a reads: two processes
+        seen = [await a.change_stamp()]
+
+        async def moved() -> bool:
+            seen.append(await a.change_stamp())
+            return seen[-1] != seen[-2]
+
+        alias = Alias("shop.example.com", ("web",), "ops", T0)
+        await b.add_alias(alias)
+        assert await moved()
+        await b.add_alias(replace(alias, created_by="other"))  # an idempotent repeat
+        assert not await moved()
+        await b.add_certificate(cert("shop.example.com", "01", domains=("shop.example.com",)))
+        assert await moved()
+        await b.put_state(CertificateState("shop.example.com", CertStatus.ISSUED,
+                                           updated_at=T0))
+        assert await moved()
+        await b.put_state(CertificateState("shop.example.com", CertStatus.FAILED, "boom", 1,
+                                           T0 + timedelta(minutes=1), updated_at=T0))
+        assert await moved()
+        await b.put_ari(AriState("shop.example.com", "01", T0, T0 + timedelta(days=1), T0,
+                                 T0 + timedelta(hours=6), checked_at=T0))
+        assert await moved()
+        await b.put_deployment(Deployment("shop.example.com", "web", "fe1", "01",
+                                          DeployStatus.DEPLOYED, "ok", T0))
+        assert await moved()
+        await b.put_deployment(Deployment("shop.example.com", "web", "fe1", "01",
+                                          DeployStatus.FAILED, "down", T0))
+        assert await moved()
+        # what no view shows leaves it alone
+        await b.add_event(Event("issue.ok", "noted", at=T0))
+        await b.ledger_add("order", ["shop.example.com"], T0)
+        await b.put_challenge(challenge(cert_name="shop.example.com"))
+        await b.details(["shop.example.com"])
+        assert not await moved()
+        await b.save_account(Account("https://ca/dir", "https://ca/acct/1", "KEY", T0))
+        assert await moved()
+        await b.mark_alias_removing("shop.example.com")
+        assert await moved()
+        await b.destroy_keys("shop.example.com")
+        assert await moved()
+        await b.delete_alias("shop.example.com")
+        assert await moved()
+        assert len(set(seen)) == len(seen) - 2  # never back to an earlier value
+
+
+async def test_change_stamp_of_a_unit_of_work_shows_at_its_commit(any_backend):
+    async with any_backend() as a, any_backend() as b:
+        before = await a.change_stamp()
+        with pytest.raises(RuntimeError):
+            async with b.transaction():
+                await b.put_state(CertificateState("portal", CertStatus.ISSUING, updated_at=T0))
+                raise RuntimeError("rolled back")
+        assert await a.change_stamp() == before
+        wrote = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def unit() -> None:
+            async with b.transaction():
+                await b.put_state(CertificateState("portal", CertStatus.ISSUING, updated_at=T0))
+                wrote.set()
+                await go_on.wait()
+
+        task = asyncio.create_task(unit())
+        await wrote.wait()
+        assert await a.change_stamp() == before  # not committed yet
+        go_on.set()
+        await task
+        assert await a.change_stamp() != before
 
 
 async def test_unfinished_orders_are_the_latest_per_certificate(store):
@@ -491,6 +711,25 @@ async def test_aliases(store):
     assert created and not stored.removing
 
 
+async def test_alias_keeps_its_validation(store):
+    # issue 14, item 4: an alias added with validation dns-persist reads back with it; the
+    # default (and what aliases stored before the column existed read as) is http-01
+    persist = Alias("persist.example.com", ("web",), "ops", T0, validation="dns-persist")
+    stored, created = await store.add_alias(persist)
+    assert created and stored == persist and stored.validation == "dns-persist"
+    await store.add_alias(Alias("plain.example.com", ("web",), "ops", T0))
+    by_domain = {a.domain: a.validation for a in await store.list_aliases()}
+    assert by_domain == {"persist.example.com": "dns-persist", "plain.example.com": "http-01"}
+    # a repeat with another validation keeps the first (the service layer refuses it)
+    again, created = await store.add_alias(replace(persist, validation="http-01"))
+    assert not created and again.validation == "dns-persist"
+    await store.mark_alias_removing("persist.example.com")
+    assert (await store.get_alias("persist.example.com")).validation == "dns-persist"
+    await store.put_state(CertificateState("persist.example.com", CertStatus.AWAITING_DNS,
+                                           attempts=2, next_attempt_at=T0, updated_at=T0))
+    assert (await store.get_state("persist.example.com")).status is CertStatus.AWAITING_DNS
+
+
 async def test_aliases_page_in_domain_order(store):
     domains = ["b.example", "a.example", "xn--bcher-kva.example", "c.example", "aa.example"]
     for d in domains:
@@ -509,6 +748,20 @@ async def test_aliases_page_in_domain_order(store):
         "c.example", "xn--bcher-kva.example"]
     assert await store.list_aliases(limit=0) == []
     assert await store.list_aliases(after="zzz") == []
+
+
+async def test_alias_statuses_in_one_read(store):
+    assert await store.alias_statuses() == {}
+    for d in ("new.example", "bad.example", "ok.example", "gone.example"):
+        await store.add_alias(Alias(d, ("web",), "ops", T0))
+    await store.put_state(CertificateState("bad.example", CertStatus.FAILED, "boom", 1))
+    await store.put_state(CertificateState("ok.example", CertStatus.DEPLOYED))
+    await store.put_state(CertificateState("gone.example", CertStatus.DEPLOYED))
+    await store.put_state(CertificateState("portal", CertStatus.DEPLOYED))  # not an alias
+    await store.mark_alias_removing("gone.example")
+    assert await store.alias_statuses() == {
+        "new.example": "pending", "bad.example": "failed", "ok.example": "deployed",
+        "gone.example": "removing"}
 
 
 async def test_concurrent_adds_of_one_alias_create_it_once(any_backend):
@@ -746,7 +999,7 @@ async def test_metrics_counters_survive_a_purge(store):
     async def samples() -> dict:
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = (await render(Sources(SimpleNamespace(store=store)))).decode()
+        text = (await render(Sources(SimpleNamespace(store=store, issuers=[])))).decode()
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -167,6 +167,7 @@ async def test_reconnects_after_the_server_restarts():
                     await call()
                 assert str(down.value).startswith(name), down.value
                 assert password not in str(down.value)
+                assert down.value.unavailable  # the sweep stops on it (certd/sweep.py)
             with pytest.raises(StoreError):
                 async with store.transaction():
                     await store.put_state(CertificateState("portal", CertStatus.ISSUING))
@@ -420,6 +421,7 @@ async def test_the_password_comes_from_its_file_and_never_into_a_message(postgre
     assert 'password authentication failed for user "certd"' in message
     assert "storage_password_file" in message
     assert "not-the-password-4711" not in message and right not in message
+    assert not failed.value.unavailable  # reachable, refused: not an outage
 
     missing = PostgresStore(db.url, password_file=tmp_path / "nowhere")
     with pytest.raises(StoreError, match=f"password file {tmp_path / 'nowhere'}: cannot be "

@@ -14,7 +14,7 @@ import os
 from aiohttp import web
 
 from certd import __version__, metrics
-from certd.api import alerts, domains, openapi
+from certd.api import alerts, dashboard, domains, openapi, ui
 from certd.api import salt as salt_bundles
 from certd.api.http import (
     CERTD,
@@ -32,6 +32,7 @@ from certd.api.http import (
     submit,
 )
 from certd.api.tokens import Tokens
+from certd.dashboard import history_item
 from certd.errors import CertdError, StoreError
 from certd.model import CertificateSpec, Event, utcnow
 from certd.service import Certd
@@ -84,6 +85,17 @@ async def get_certificate(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+HISTORY = 20  # certificates of a name's history shown
+
+
+async def certificate_history(request: web.Request) -> web.Response:
+    """The name's certificates, newest first (the dashboard's serial history)."""
+    name = (await _spec(request)).name
+    certs = await certd_of(request).store.certificate_history(name, limit=HISTORY)
+    # the store gives the last HISTORY oldest first
+    return web.json_response({"items": [history_item(c) for c in reversed(certs)]})
+
+
 async def _audit(request: web.Request, kind: str, name: str, message: str) -> None:
     who = request[TOKEN_NAME]
     await certd_of(request).store.add_event(Event(
@@ -132,11 +144,14 @@ def build_app(certd: Certd, tokens: Tokens, *, monitor=None, challenge_stats=Non
     r.add_get("/healthz", healthz)
     r.add_get("/api/v1/certificates", list_certificates)
     r.add_get("/api/v1/certificates/{name}", get_certificate)
+    r.add_get("/api/v1/certificates/{name}/history", certificate_history)
     r.add_post("/api/v1/certificates/{name}/renew", renew_certificate)
     r.add_post("/api/v1/certificates/{name}/deploy", deploy_certificate)
     domains.add_routes(r)
     salt_bundles.add_routes(r)
     r.add_get("/api/v1/openapi.json", openapi.serve)
+    dashboard.add_routes(r)
+    ui.add_routes(app)
     rollout = certd.rollout_stats if certd is not None else None
     alerts.add_routes(app, metrics.Sources(certd, monitor, challenge_stats, sweeper, rollout))
     return app

@@ -25,6 +25,7 @@ CERTD = web.AppKey("certd", Certd)
 TOKENS = web.AppKey("tokens", Tokens)
 TASKS = web.AppKey("tasks", set)
 TOKEN_NAME = web.RequestKey("token_name", str)
+TOKEN_SCOPE = web.RequestKey("token_scope", str)  # its scope (certd/api/tokens.py)
 JOBS = web.AppKey("jobs", object)  # certd/api/jobs.py: Local or Forward
 WORKER = web.AppKey("worker", object)  # this API worker's index (certd/workers.py), or None
 
@@ -100,6 +101,7 @@ async def authenticate(request: web.Request, handler) -> web.StreamResponse:
         response.headers["WWW-Authenticate"] = 'Bearer realm="certd"'
         return response
     request[TOKEN_NAME] = token.name
+    request[TOKEN_SCOPE] = token.scope
     if route is not None and need is None:
         log.error("api: %s %s has no scope in certd/api/scopes.py; refused", request.method,
                   route)

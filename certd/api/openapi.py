@@ -11,12 +11,18 @@ from aiohttp import web
 
 from certd import __version__
 from certd.api import scopes
+from certd.api.dashboard import MAX_DAYS, MAX_EVENTS, MAX_MOMENTS
 from certd.api.domains import MAX_LIMIT, STATUSES
 from certd.api.http import PROBLEM
+from certd.api.tokens import SCOPES
+from certd.dashboard import CELL_STATES, MAX_ALIAS_ROWS, MAX_FINDINGS
+from certd.issuance.dns_persist import VALIDATIONS
+from certd.issuance.profiles import PROFILE_RE
 from certd.model import CertStatus, DeployStatus
 
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
+PROFILE_PATTERN = PROFILE_RE.pattern
 
 
 def _ref(name: str) -> dict:
@@ -60,6 +66,9 @@ def _schemas() -> dict:
             "frontend": STR, "node": STR, "serial": STR,
             "status": {"type": "string", "enum": [s.value for s in DeployStatus]},
             "current": {"type": "boolean"}, "message": STR, "updated_at": TIME,
+            # deployed and seen served by the node after the reload (frontends.*.verify),
+            # and when (null: not verified)
+            "verified": {"type": "boolean"}, "verified_at": _nullable(TIME),
             # the batch it went out in, and seconds from the batch's start on the node
             "batch": _nullable(STR), "seconds": _nullable({"type": "number"}),
         }),
@@ -72,6 +81,11 @@ def _schemas() -> dict:
             "not_before": _nullable(TIME),
             "not_after": _nullable(TIME),
             "fingerprint_sha256": _nullable(STR),
+            # the CA that issued it (acme.issuers): its directory URL and configured name
+            "issuer": _nullable(STR), "issuer_name": _nullable(STR),
+            # the ACME profile the current certificate was ordered with; the one the next
+            # order asks for (certificates[].profile or acme.profile)
+            "profile": _nullable(STR), "profile_wanted": _nullable(STR),
             "days_left": _nullable({"type": "number"}),
             "renewal_at": _nullable(TIME),
             "renewal_reason": _nullable(STR),
@@ -87,11 +101,16 @@ def _schemas() -> dict:
                              "certificate": STR}),
         "DomainCertificate": _nullable(_object({
             "serial": STR, "not_before": TIME, "not_after": TIME, "fingerprint_sha256": STR,
+            "issuer": _nullable(STR), "issuer_name": _nullable(STR),
+            "profile": _nullable({**STR, "description": "the ACME profile it was ordered "
+                                                        "with"}),
         })),
         "DomainDeployment": _object({
             "frontend": STR, "node": STR,
             "status": {"type": "string", "enum": [s.value for s in DeployStatus]},
             "serial": STR, "updated_at": TIME,
+            "verified": {"type": "boolean", "description": "deployed and seen served by the "
+                                                           "node after the reload"},
         }),
         "Domain": _object({
             "domain": STR,
@@ -103,7 +122,20 @@ def _schemas() -> dict:
             "last_error": _nullable(STR),
             "next_attempt_at": _nullable(TIME),
             "created_at": TIME,
+            "validation": {"type": "string", "enum": list(VALIDATIONS)},
+            "dns_record": _ref("DnsRecord"),
+            "profile": _nullable({**STR, "description": "the ACME profile asked for; null: "
+                                                        "acme.profile"}),
         }),
+        "DnsRecord": {**_nullable(_object({
+            "name": {**STR, "description": "_validation-persist.<domain>"},
+            "type": {"type": "string", "enum": ["TXT"]},
+            "value": {**STR, "description": "'<CA issuer domain name>; accounturi=<certd's "
+                                            "ACME account>' (draft-ietf-acme-dns-persist-01)"},
+        })), "description": "validation dns-persist: the TXT record the customer publishes "
+                            "once; null for http-01, and while certd's ACME account (which "
+                            "the record names) cannot be registered (the CA unreachable: "
+                            "read the domain again later)"},
         "DomainList": _object({
             "items": {"type": "array", "items": _ref("Domain")},
             "next_cursor": _nullable({**STR, "description": "pass as ?cursor= for the next "
@@ -122,6 +154,79 @@ def _schemas() -> dict:
             "first_seen": TIME, "last_seen": TIME, "notified_at": _nullable(TIME),
         }),
         "AlertList": _object({"items": {"type": "array", "items": _ref("Alert")}}),
+        "WhoAmI": _object({"name": {**STR, "description": "the token's name in the tokens "
+                                                          "file"},
+                           "scope": {"type": "string", "enum": list(SCOPES)}}),
+        "MatrixRow": _object({
+            "name": STR, "status": {"type": "string", "enum": [s.value for s in CertStatus]},
+            "alias": {"type": "boolean", "description": "an API alias (not deployed, worst "
+                                                        "first), not a configured certificate"},
+            "days_left": _nullable({"type": "number"}),
+            "cells": {"type": "array", "description": "one per entry of `nodes`: what that "
+                                                      "node serves of this certificate; null "
+                                                      "where the certificate does not go",
+                      "items": _nullable({"type": "string", "enum": list(CELL_STATES)})},
+        }),
+        "Overview": _object({
+            "counts": {"type": "object", "description": "certificates (configured and "
+                                                        "aliases) by status",
+                       "additionalProperties": {"type": "integer", "minimum": 0}},
+            "certificates": {"type": "integer", "minimum": 0},
+            "aliases": {"type": "integer", "minimum": 0},
+            "aliases_not_deployed": {"type": "integer", "minimum": 0},
+            "aliases_not_shown": {"type": "integer", "minimum": 0, "description":
+                                  "aliases not deployed that the matrix leaves out"},
+            "nodes": {**STRINGS, "description": "every configured 'frontend/node'"},
+            "matrix": {"type": "array", "items": _ref("MatrixRow"),
+                       "description": "the configured certificates, then up to "
+                                      f"{MAX_ALIAS_ROWS} aliases not deployed (worst first), "
+                                      "x nodes"},
+            "alerts": {"type": "integer", "minimum": 0},
+            "worst": {"type": "array", "items": _ref("Alert"),
+                      "description": f"the {MAX_FINDINGS} worst active findings, worst first"},
+        }),
+        "TimelineItem": _object({
+            "certificate": STR,
+            "kind": {"type": "string", "enum": ["expiry", "renewal", "retry"]},
+            "at": TIME,
+            "reason": _nullable({**STR, "description": "a renewal's plan (ari, before_expiry, "
+                                                       "...); backoff for a retry"}),
+            "overdue": {"type": "boolean"},
+        }),
+        "Timeline": _object({
+            "now": TIME, "days": {"type": "integer"},
+            "as_of": {**TIME, "description": "when the moments were read from the store: "
+                                             "kept per process, read again after a change "
+                                             "(answered meanwhile, up to a minute old)"},
+            "total": {"type": "integer", "minimum": 0, "description": "moments in the window"},
+            "overdue": {"type": "integer", "minimum": 0},
+            "per_day": {"type": "object", "description": "kind -> days+1 counts, day 0 "
+                                                         "(today) with the overdue ones",
+                        "additionalProperties": {"type": "array",
+                                                 "items": {"type": "integer", "minimum": 0}}},
+            "by_reason": {"type": "object", "description": "'kind:reason' (or 'kind') -> "
+                                                           "count in the window",
+                          "additionalProperties": {"type": "integer", "minimum": 0}},
+            "items": {"type": "array", "items": _ref("TimelineItem"),
+                      "description": "the first `limit` moments, oldest first"}}),
+        "Event": _object({
+            "id": _nullable({"type": "integer"}), "at": TIME, "kind": STR,
+            "severity": {"type": "string", "enum": ["info", "warning", "error", "critical"]},
+            "certificate": _nullable(STR), "node": _nullable(STR), "message": STR,
+            "token": _nullable({**STR, "description": "the API token's name, for a change "
+                                                      "made through the API"}),
+        }),
+        "EventList": _object({"items": {"type": "array", "items": _ref("Event")},
+                              "next_cursor": _nullable({**STR, "description": "the cursor of "
+                                                        "the next (older) page"})}),
+        "HistoryItem": _object({
+            "serial": STR, "not_before": TIME, "not_after": TIME, "issued_at": TIME,
+            "fingerprint_sha256": STR,
+            "issuer": _nullable({**STR, "description": "the ACME directory it came from"}),
+            "issuer_name": _nullable({**STR, "description": "the issuing CA's name (RFC "
+                                                            "4514), from the certificate"}),
+        }),
+        "History": _object({"items": {"type": "array", "items": _ref("HistoryItem")}}),
         "DomainRemoval": _object({"domain": STR,
                                   "status": {"type": "string", "enum": ["removing"]},
                                   "revoke": {"type": "boolean"}}),
@@ -135,6 +240,20 @@ def _schemas() -> dict:
                 "frontends": {**STRINGS, "minItems": 1,
                               "description": "configured frontend groups; defaults to "
                                             "domains.default_frontends"},
+                "validation": {"type": "string", "enum": list(VALIDATIONS),
+                               "default": "http-01",
+                               "description": "http-01: through the frontends once DNS "
+                                              "points at them; dns-persist: the customer "
+                                              "publishes the TXT record of `dns_record` "
+                                              "once (status awaiting_dns until certd sees "
+                                              "it), no HTTP path needed"},
+                "profile": _nullable({**STR, "pattern": PROFILE_PATTERN,
+                                      "description": "the ACME profile to order (e.g. "
+                                                     "classic, tlsserver, shortlived); one "
+                                                     "the CA's directory lists "
+                                                     "(meta.profiles), else 422 "
+                                                     "invalid-profile; null or absent: "
+                                                     "acme.profile"}),
             },
         },
     }
@@ -183,6 +302,12 @@ def _op(op_id: str, summary: str, responses: dict, *, params: list | None = None
 def _path(name: str, description: str, example: str) -> dict:
     return {"name": name, "in": "path", "required": True, "description": description,
             "schema": {"type": "string", "minLength": 1}, "example": example}
+
+
+def _int_query(name: str, maximum: int, default: int) -> dict:
+    """An optional integer query parameter, 1..maximum."""
+    return {"name": name, "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}}
 
 
 BOOL_PATTERN = "^(1|0|[tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[yY][eE][sS]|[nN][oO])$"
@@ -256,6 +381,35 @@ def _document() -> dict:
                 params=[{**_path("batch", "the batch id (16 hex digits)", "0123456789abcdef"),
                          "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}],
                 bundle=True)},
+            "/api/v1/whoami": {"get": _op(
+                "whoAmI", "The presented token's name and scope (what the dashboard may show)",
+                {"200": _ok("the token", "WhoAmI")})},
+            "/api/v1/overview": {"get": _op(
+                "getOverview", "Counts by status, the certificate x node matrix, the worst "
+                "findings (the dashboard's first page)",
+                {"200": _ok("the overview", "Overview")})},
+            "/api/v1/timeline": {"get": _op(
+                "getTimeline", "Expiries, planned renewals and retries of the coming days, "
+                "oldest first (overdue ones included, marked)",
+                {"200": _ok("the timeline", "Timeline"), "400": _problem("bad-parameter")},
+                params=[_int_query("days", MAX_DAYS, 90),
+                        {"name": "limit", "in": "query", "required": False,
+                         "description": "moments listed (the counts cover all)",
+                         "schema": {"type": "integer", "minimum": 0,
+                                    "maximum": MAX_MOMENTS, "default": 300}}])},
+            "/api/v1/events": {"get": _op(
+                "listEvents", "The event log (the audit trail: who changed what, with which "
+                "token), newest first",
+                {"200": _ok("events", "EventList"), "400": _problem("bad-parameter")},
+                params=[_int_query("limit", MAX_EVENTS, 100),
+                        {"name": "cursor", "in": "query", "required": False,
+                         "description": "next_cursor from the previous page",
+                         "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+                        {"name": "certificate", "in": "query", "required": False,
+                         "schema": {"type": "string", "maxLength": 255}},
+                        {"name": "kind", "in": "query", "required": False,
+                         "description": "e.g. api.domain.add, issue.failed",
+                         "schema": {"type": "string", "maxLength": 255}}])},
             "/api/v1/certificates": {"get": _op(
                 "listCertificates", "Every configured certificate",
                 {"200": _ok("all certificates", "CertificateList")})},
@@ -263,6 +417,10 @@ def _document() -> dict:
                 "getCertificate", "One certificate",
                 {"200": _ok("the certificate", "Certificate"), "404": unknown_cert},
                 params=[cert])},
+            "/api/v1/certificates/{name}/history": {"get": _op(
+                "getCertificateHistory", "The name's certificates, newest first (the last 20; "
+                "never a key)",
+                {"200": _ok("the history", "History"), "404": unknown_cert}, params=[cert])},
             "/api/v1/certificates/{name}/renew": {"post": _op(
                 "renewCertificate", "Renew, then deploy",
                 {"202": accepted, "404": unknown_cert},
@@ -283,7 +441,11 @@ def _document() -> dict:
                      "415": _problem("unsupported-media-type: send application/json"),
                      "422": _problem("invalid-domain, domain-special-use, domain-unknown-tld, "
                                      "domain-mixed-script, domain-script, domain-confusable, "
-                                     "domain-denied, domain-not-allowed or invalid-frontends"),
+                                     "domain-denied, domain-not-allowed, invalid-frontends or "
+                                     "invalid-validation or dns-persist-unavailable (no CA "
+                                     "identity configured), invalid-profile (malformed, or "
+                                     "not offered by the CA)"),
+
                      "429": _problem("quota: too many new domains for this token",
                                      {"Retry-After": {"description": "seconds",
                                                       "schema": {"type": "integer",
@@ -304,6 +466,9 @@ def _document() -> dict:
                          "schema": STR},
                         {"name": "status", "in": "query", "required": False,
                          "schema": {"type": "string", "enum": list(STATUSES)}},
+                        {"name": "q", "in": "query", "required": False,
+                         "description": "only names containing this text (any case)",
+                         "schema": {"type": "string", "maxLength": 253}},
                     ]),
             },
             "/api/v1/domains/{domain}": {

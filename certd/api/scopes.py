@@ -29,6 +29,17 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/domains"): "aliases",
     ("DELETE", "/api/v1/domains/{domain}"): "aliases",  # ?revoke=true too: the alias's own
     ("GET", "/api/v1/salt/bundles/{batch}"): BUNDLE,
+    # the dashboard's reads (certd/api/dashboard.py)
+    ("GET", "/api/v1/whoami"): "read",
+    ("GET", "/api/v1/certificates/{name}/history"): "read",
+    ("GET", "/api/v1/overview"): "read",
+    ("GET", "/api/v1/timeline"): "read",
+    ("GET", "/api/v1/events"): "read",
+    # the dashboard's static files (certd/api/ui.py): no data in them, so no token; they are
+    # not API routes and stay out of the OpenAPI document
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/{asset}"): PUBLIC,
 }
 
 

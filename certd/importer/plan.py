@@ -199,14 +199,20 @@ async def _judged(found: Found, spec: CertificateSpec, store: Store | None, conf
                   now: datetime, replace: bool) -> Item:
     base = Item(found.source, found.lineage, found.where, ERROR, "", target=spec.name)
     try:
-        cert, notes = _checked(found, spec, config.acme.directory, now)
+        cert, notes = _checked(found, spec, primary_directory(config), now)
+        # which CA issued it, if certd orders from it too (acme.issuers): ARI and `replaces`
+        # go only there
+        cert = _with(cert, issuer=next(
+            (i.directory for i in config.acme.issuer_list()
+             if found.server is not None and same_directory(found.server, i.directory)), None))
     except ImportRefused as exc:
         return _with(base, message=str(exc))
     except Exception as exc:  # noqa: BLE001 - cryptography parses extensions lazily
         return _with(base, message=f"unusable certificate: {type(exc).__name__}: "
                      f"{one_line(str(exc), 120)}")
     current = await store.current_certificate(spec.name) if store is not None else None
-    same_ca = found.server is not None and same_directory(found.server, config.acme.directory)
+    same_ca = found.server is not None and same_directory(found.server,
+                                                          primary_directory(config))
     item = _with(base, cert=cert, notes=tuple(notes), expected=current.serial if current else None,
                  account=found.account if same_ca else None)
     what = (f"serial {cert.serial}, valid until {_when(cert.not_after)} "
@@ -277,6 +283,11 @@ def _checked(found: Found, spec: CertificateSpec, directory: str, now: datetime
     return cert, notes
 
 
+def primary_directory(config: Config) -> str:
+    """The CA certd orders from first (acme.issuers[0], or acme.directory)."""
+    return config.acme.issuer_list()[0].directory
+
+
 def same_directory(a: str, b: str) -> bool:
     """Two spellings of one ACME directory URL (case of scheme and host, a trailing /)."""
     x, y = urlsplit(a), urlsplit(b)
@@ -298,7 +309,7 @@ async def _account_step(config: Config, store: Store | None, source: Source,
     """certd's account at its CA: kept if it has one; else the source's account that ordered
     the certificates being imported, if it is one account. Same account matters: a CA
     refuses an ARI `replaces` for a certificate another account ordered."""
-    directory = config.acme.directory
+    directory = primary_directory(config)
     ids = sorted({i.account for i in items if i.action in (IMPORT, ALREADY) and i.account})
     if not ids:
         return None, []

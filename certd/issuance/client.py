@@ -22,6 +22,7 @@ from acme import jws, messages
 from certd import __version__
 from certd.errors import AcmeError
 from certd.httputil import BodyTooLarge, read_limited
+from certd.issuance import profiles
 from certd.issuance.untrusted import (
     MALFORMED,
     ca_url,
@@ -231,14 +232,23 @@ class AcmeClient:
         return challenge.chall.key_authorization(self.key)
 
     # orders (RFC 8555 §7.4) ------------------------------------------------------------
-    async def new_order(self, domains: tuple[str, ...], *, replaces: str | None = None
-                        ) -> tuple[str, messages.Order]:
+    async def profiles(self) -> list[str]:
+        """The profile names the directory's meta lists (empty: the CA has none)."""
+        directory = await self.directory()
+        return profiles.offered(getattr(directory, "meta", None))
+
+    async def new_order(self, domains: tuple[str, ...], *, replaces: str | None = None,
+                        profile: str | None = None) -> tuple[str, messages.Order]:
+        """newOrder; `profile` (draft-aaron-acme-profiles) is sent as given: the caller
+        checked it against `profiles()`."""
         new_order = await self._url("newOrder")
         payload: dict[str, Any] = {
             "identifiers": [{"type": "dns", "value": d} for d in domains]
         }
         if replaces:
             payload["replaces"] = replaces
+        if profile:
+            payload["profile"] = profile
         resp = await self.post(new_order, payload)
         location = resp.location_url("newOrder")
         return location, _order(resp)

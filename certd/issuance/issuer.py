@@ -1,6 +1,7 @@
-"""The order flow for one certificate (RFC 8555 §7.4): order -> authorizations -> HTTP-01 ->
-finalize -> download. Publishes key authorizations to the store before answering a challenge,
-and removes them once the authorization is valid or invalid, never before.
+"""The order flow for one certificate (RFC 8555 §7.4): order -> authorizations -> challenges
+-> finalize -> download. Each authorization is proved by the Solver the `Solvers` rules pick
+for its name (certd/issuance/solvers.py; http-01 by default): presented before the challenge
+is answered, cleaned up once the CA is done with it (or the order gave up on it).
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 import josepy as jose
-from acme import messages
+from acme import challenges, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certd import failpoints, keys
 from certd.errors import AcmeError
+from certd.issuance import dns_persist, profiles
 from certd.issuance.client import AcmeClient, Response
-from certd.issuance.http01 import valid_token
+from certd.issuance.http01 import Http01Solver, valid_token
+from certd.issuance.solvers import ChallengeType, Proof, Solver, Solvers
+from certd.issuance.status import AUTHZ_FINAL, AcmeStatus
 from certd.issuance.untrusted import MALFORMED, clean_text, problem_type
 from certd.model import (
     Account,
     CertificateSpec,
-    Challenge,
     IssuedCertificate,
     Order,
     utcnow,
@@ -55,6 +58,7 @@ class Issuer:
         eab: tuple[str, str] | None = None,
         challenge_ttl: timedelta = timedelta(hours=1),
         order_timeout: timedelta = timedelta(minutes=5),
+        solvers: Solvers | None = None,
     ):
         self.client = client
         self.store = store
@@ -62,6 +66,8 @@ class Issuer:
         self.eab = eab
         self.challenge_ttl = challenge_ttl
         self.order_timeout = order_timeout
+        # which challenge proves which name; http-01 through the store unless told otherwise
+        self.solvers = solvers or Solvers(default=Http01Solver(store, ttl=challenge_ttl))
         self._account_lock = asyncio.Lock()
 
     async def ensure_account(self) -> None:
@@ -160,61 +166,98 @@ class Issuer:
             order_url, order = await self._resumable(spec, resume)
             key_pem = resume.key_pem or key_pem
         if order is None:
-            order_url, order = await self.client.new_order(spec.domains, replaces=replaces)
-            log.info("acme[%s]: order %s (%s)", spec.name, order_url, ", ".join(spec.domains),
+            # checked before anything is ordered: a profile the CA does not offer is refused
+            # here (certd:profile), and none is sent to a CA that has no profiles
+            profile = await self.profile_for(spec)
+            order_url, order = await self.client.new_order(spec.domains, replaces=replaces,
+                                                           profile=profile)
+            log.info("acme[%s]: order %s (%s)%s", spec.name, order_url, ", ".join(spec.domains),
+                     f" profile {profile}" if profile else "",
                      extra={"event": "order.new", "certificate": spec.name, "order": order_url})
         else:
             replaces = resume.replaces
             log.info("acme[%s]: resuming order %s (%s)", spec.name, order_url, _status(order))
         resumed = resume is not None and order_url == resume.url
-        record = Order(spec.name, order_url, _status(order), domains=spec.domains,
+        record = Order(spec.name, order_url, _status(order).value, domains=spec.domains,
                        key_pem=key_pem, replaces=replaces,
                        created_at=resume.created_at if resumed else utcnow())
         await self.store.save_order(record)
         try:
-            if _status(order) == "pending":
+            if _status(order) == AcmeStatus.PENDING:
                 await self._authorize_all(spec, order, deadline)
-            if _status(order) not in ("processing", "valid"):
+            if _status(order) not in (AcmeStatus.PROCESSING, AcmeStatus.VALID):
                 order = await self._poll(lambda: self.client.get_order(order_url),
-                                         ("ready", "processing", "valid", "invalid"), deadline,
+                                         (AcmeStatus.READY, AcmeStatus.PROCESSING,
+                                          AcmeStatus.VALID, AcmeStatus.INVALID), deadline,
                                          "order")
-            if _status(order) == "ready":
+            if _status(order) == AcmeStatus.READY:
                 if key_pem is None:
                     key_pem = keys.key_to_pem(
                         await asyncio.to_thread(keys.generate_key, spec.key_type))
                 # saved before finalize: after a crash, the certificate the CA issues for this
                 # order can still be downloaded and used with this key
-                record = replace(record, key_pem=key_pem, status="ready")
+                record = replace(record, key_pem=key_pem, status=AcmeStatus.READY.value)
                 await self.store.save_order(record)
                 failpoints.hit("issue:key-saved")
                 csr = keys.make_csr(keys.key_from_pem(key_pem), spec.domains)
                 order = await self.client.finalize(order.finalize, csr)
                 failpoints.hit("issue:finalized")
-            if _status(order) == "processing":
+            if _status(order) == AcmeStatus.PROCESSING:
                 order = await self._poll(lambda: self.client.get_order(order_url),
-                                         ("valid", "invalid"), deadline, "order")
-            if _status(order) != "valid" or not order.certificate:
+                                         (AcmeStatus.VALID, AcmeStatus.INVALID), deadline,
+                                         "order")
+            if _status(order) != AcmeStatus.VALID or not order.certificate:
                 raise _order_error(order, "order is " + _status(order))
             if key_pem is None:
                 raise AcmeError(f"acme[{spec.name}]: order {order_url} is valid but its key "
                                 "was not saved", type="certd:order")
             certs = await self._download(order.certificate)
             issued = _issued(spec, keys.key_from_pem(key_pem), certs, order_url)
+            issued = replace(issued, profile=await self._ordered_profile(spec, order))
         except AcmeError as exc:
             if exc.transient:  # the CA went away mid-order: keep it resumable
                 await self.store.save_order(replace(record, error=str(exc)))
             else:
-                await self.store.save_order(replace(record, status="invalid", error=str(exc),
-                                                    key_pem=None))
+                await self.store.save_order(replace(record, status=AcmeStatus.INVALID.value,
+                                                    error=str(exc), key_pem=None))
             raise
         log.info("acme[%s]: issued serial %s, valid until %s", spec.name, issued.serial,
                  issued.not_after.isoformat(),
                  extra={"event": "issue.ok", "certificate": spec.name, "order": order_url})
         return issued
 
+    async def profile_for(self, spec: CertificateSpec) -> str | None:
+        """The `profile` for a new order of `spec` at this CA (certd/issuance/profiles.py):
+        None when none is asked for or the CA lists none; AcmeError (certd:profile) when the
+        CA lists profiles but not the one asked for. Reads the directory (cached)."""
+        if spec.profile is None:
+            return None
+        available = await self.client.profiles()
+        if not available:
+            log.info("acme[%s]: %s lists no profiles; ordering without profile %s",
+                     spec.name, self.client.directory_url, spec.profile)
+        return profiles.choose(spec.profile, available, certificate=spec.name,
+                               directory=self.client.directory_url)
+
+    async def _ordered_profile(self, spec: CertificateSpec, order: messages.Order
+                               ) -> str | None:
+        """The profile the certificate was ordered with: the order's own `profile` when the
+        CA echoes it (and it is a usable name), else the one certd asked for (if the CA
+        lists it)."""
+        echoed = getattr(order, "profile", None)
+        if isinstance(echoed, str) and profiles.PROFILE_RE.fullmatch(echoed):
+            return echoed
+        if spec.profile is None:
+            return None
+        try:
+            return spec.profile if spec.profile in await self.client.profiles() else None
+        except AcmeError:
+            return None
+
     async def finished(self, order_url: str, spec: CertificateSpec) -> None:
         """The certificate is stored: forget the order's copy of the key."""
-        await self.store.save_order(Order(spec.name, order_url, "valid", domains=spec.domains))
+        await self.store.save_order(Order(spec.name, order_url, AcmeStatus.VALID.value,
+                                          domains=spec.domains))
 
     async def _resumable(self, spec: CertificateSpec, previous: Order
                          ) -> tuple[str | None, messages.Order | None]:
@@ -228,9 +271,10 @@ class Issuer:
             log.info("acme[%s]: previous order %s is gone (%s); ordering anew", spec.name,
                      previous.url, exc)
             return None, None
-        if _status(order) not in ("pending", "ready", "processing", "valid"):
+        if _status(order) not in (AcmeStatus.PENDING, AcmeStatus.READY, AcmeStatus.PROCESSING,
+                                  AcmeStatus.VALID):
             return None, None
-        if _status(order) in ("processing", "valid") and not previous.key_pem:
+        if _status(order) in (AcmeStatus.PROCESSING, AcmeStatus.VALID) and not previous.key_pem:
             return None, None  # finalized with a key we never saved: unusable
         return previous.url, order
 
@@ -248,40 +292,55 @@ class Issuer:
 
     async def _authorize(self, spec: CertificateSpec, url: str, deadline: float) -> None:
         authz, _ = await self.client.get_authorization(url)
-        name = (clean_text(getattr(authz.identifier, "value", None), 253) or url
-                if authz.identifier else url)
-        if _status(authz) == "valid":
+        value = (clean_text(getattr(authz.identifier, "value", None), 253)
+                 if authz.identifier else "")
+        name = value or url
+        if _status(authz) == AcmeStatus.VALID:
             return  # reused by the CA: nothing to prove
-        if _status(authz) != "pending":
+        if _status(authz) != AcmeStatus.PENDING:
             raise AcmeError(f"acme[{spec.name}]: authorization for {name} is {_status(authz)}",
                             type="certd:authorization")
-        challenge = next((c for c in authz.challenges or () if c.chall.typ == "http-01"), None)
+        # RFC 8555 §7.1.4: a wildcard's authorization names the base domain, wildcard: true
+        wildcard = authz.wildcard is True
+        solver = self.solvers.for_identifier(spec, f"*.{value}" if wildcard else value)
+        challenge = next((c for c in authz.challenges or ()
+                          if _challenge_type(c) == solver.type.value), None)
         if challenge is None:
-            raise AcmeError(f"acme[{spec.name}]: no http-01 challenge offered for {name}",
+            raise AcmeError(f"acme[{spec.name}]: no {solver.type} challenge offered for {name}",
                             type="certd:authorization")
-        token = challenge.chall.encode("token")
-        if not valid_token(token):
-            raise AcmeError(f"acme[{spec.name}]: CA sent a malformed token for {name}",
-                            type=MALFORMED)
-        await self.store.put_challenge(Challenge(
-            token=token,
-            key_authorization=self.client.key_authorization(challenge),
-            certificate=spec.name,
-            authorization_url=url,
-            expires_at=utcnow() + self.challenge_ttl,
-        ))
-        if _status(challenge) == "pending":
-            await self.client.answer_challenge(challenge.uri)
-        authz = await self._poll(lambda: self.client.get_authorization(url),
-                                 ("valid", "invalid", "deactivated", "expired", "revoked"),
-                                 deadline, f"authorization for {name}")
-        # The CA is done with this token either way: drop it now, not before.
-        await self.store.delete_challenge(token)
-        if _status(authz) != "valid":
+        if solver.type == ChallengeType.DNS_PERSIST01:
+            # no token: the customer's record names the CA and this account; the challenge
+            # says which issuer names and account the CA expects (hostile JSON, checked)
+            refusal = dns_persist.challenge_refusal(
+                challenge.chall.jobj, dns_persist.issuer_domain_name_of(solver) or "",
+                self.client.account_uri)
+            if refusal:
+                raise AcmeError(f"acme[{spec.name}]: {name}: {refusal}",
+                                type="certd:authorization")
+            token, key_authorization = "", ""
+        else:
+            token = challenge.chall.encode("token")
+            if not isinstance(token, str) or not valid_token(token):
+                raise AcmeError(f"acme[{spec.name}]: CA sent a malformed token for {name}",
+                                type=MALFORMED)
+            key_authorization = self.client.key_authorization(challenge)
+        proof = Proof(certificate=spec.name, identifier=value, token=token,
+                      key_authorization=key_authorization,
+                      authorization_url=url, wildcard=wildcard)
+        try:
+            await solver.present(proof)
+            if _status(challenge) == AcmeStatus.PENDING:
+                await self.client.answer_challenge(challenge.uri)
+            authz = await self._poll(lambda: self.client.get_authorization(url), AUTHZ_FINAL,
+                                     deadline, f"authorization for {name}")
+        finally:
+            # the CA is done with the proof (or the order gave up on it): withdraw it now
+            await _cleanup(solver, proof)
+        if _status(authz) != AcmeStatus.VALID:
             raise _authz_error(spec.name, name, authz)
 
     async def _poll(self, fetch: Callable[[], Awaitable[tuple[T, float | None]]],
-                    done: tuple[str, ...], deadline: float, what: str) -> T:
+                    done: tuple[AcmeStatus, ...], deadline: float, what: str) -> T:
         loop = asyncio.get_running_loop()
         delay = FIRST_POLL
         while True:
@@ -313,9 +372,32 @@ def account_jwk(key_pem: str) -> jose.JWK:
     return jose.JWKRSA(key=key) if isinstance(key, rsa.RSAPrivateKey) else jose.JWKEC(key=key)
 
 
-def _status(resource) -> str:
-    status = getattr(resource, "status", None)
-    return status.name if status is not None else "unknown"
+def _challenge_type(challenge: messages.ChallengeBody) -> str | None:
+    """A challenge's type, also for those the acme package does not know (dns-persist-01
+    comes as an UnrecognizedChallenge holding its JSON)."""
+    chall = challenge.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):
+        typ = chall.jobj.get("type")
+        return typ if isinstance(typ, str) else None
+    return chall.typ
+
+
+def _status(resource) -> AcmeStatus:
+    return AcmeStatus.of(resource)
+
+
+async def _cleanup(solver: Solver, proof: Proof) -> None:
+    """solver.cleanup, whatever happens: shielded from the cancellation of a sibling
+    authorization's failure, and never masking the order's own outcome (a failure to clean
+    up is logged; an http-01 row expires, a dns-01 record is the solver's to retry)."""
+    try:
+        await asyncio.shield(solver.cleanup(proof))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the order's outcome is what the caller needs
+        log.warning("acme[%s]: %s cleanup for %s failed: %s", proof.certificate, solver.type,
+                    proof.identifier, clean_text(str(exc), 200),
+                    extra={"certificate": proof.certificate})
 
 
 def _parse_chain(resp: Response, url: str) -> list[x509.Certificate]:

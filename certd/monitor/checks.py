@@ -37,8 +37,11 @@ from certd.monitor.probe import ProbeResult
 TrustStore = Store
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 MAX_CHAIN = 10  # served certificates examined; a longer chain is reported, not walked
-SHORT_LIFETIME = timedelta(days=60)  # under this, expiry thresholds scale with the lifetime
-REFERENCE_LIFETIME = timedelta(days=90)  # ... by lifetime / 90 days
+REFERENCE_LIFETIME = timedelta(days=90)  # the defaults (28 d / 7 d) are for this lifetime
+# under this, expiry thresholds scale by lifetime / 90 days: the warning then always comes
+# after certd's own renewal point (a third of the lifetime left, half under 10 days), for
+# 64-day classic (2027) and 45-day tlsserver as for 160-hour shortlived certificates
+SHORT_LIFETIME = REFERENCE_LIFETIME
 PROTOCOL_CHECKS = {"SSLv3": "protocol.ssl3", "TLSv1": "protocol.tls1.0",
                    "TLSv1.1": "protocol.tls1.1"}
 
@@ -58,8 +61,9 @@ class Thresholds:
                    monitor.hsts_min_age)
 
     def for_lifetime(self, lifetime: timedelta) -> tuple[timedelta, timedelta]:
-        """(warn, critical) for a certificate of this lifetime: short-lived ones scale by
-        lifetime/90d (45 days: 14d/3.5d; 6 days: ~1.9d/~0.5d), past certd's renewal point."""
+        """(warn, critical) for a certificate of this lifetime: shorter than 90 days, they
+        scale by lifetime/90d (64 days: ~19.9d/~5d; 45 days: 14d/3.5d; 160 hours:
+        ~2.1d/~0.5d), past certd's renewal point."""
         if timedelta(0) < lifetime < SHORT_LIFETIME:
             scale = lifetime / REFERENCE_LIFETIME
             return self.warn_before * scale, self.critical_before * scale

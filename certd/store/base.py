@@ -144,6 +144,12 @@ class Store(Protocol):
         """Ordered by domain; `after` is the cursor (the last domain of the previous page)."""
         ...
 
+    async def alias_statuses(self) -> dict[str, str]:
+        """Every alias's status in one read (the dashboard's counts and its worst aliases):
+        'removing' when marked so, else its certificate state's status, 'pending' when it has
+        none yet."""
+        ...
+
     async def mark_alias_removing(self, domain: str) -> None: ...
 
     async def delete_alias(self, domain: str) -> None: ...
@@ -161,6 +167,25 @@ class Store(Protocol):
         ...
 
     async def ledger_purge(self, before: datetime) -> int: ...
+
+    async def ledger_take(self, kind: str, key: str, at: datetime, *, since: datetime,
+                          limit: int) -> datetime | None:
+        """Record one `kind` entry for `key` at `at` if fewer than `limit` entries after
+        `since` exist: the check and the write are one step against every other caller of
+        the store, in any process (a quota that concurrent requests cannot overrun). None
+        when recorded; else nothing is recorded and the answer is the time of the entry
+        whose leaving the window frees a slot (the caller's Retry-After). Inside a unit of
+        work, the entry is part of it (a rollback gives the slot back)."""
+        ...
+
+    # what the API's rendered reads are cached against (certd/api/cache.py)
+    async def change_stamp(self) -> int:
+        """A number that changes in the same transaction as every write that can change what
+        an alias or certificate view shows (aliases, certificates, their state, ARI windows,
+        deployments, the ACME account), whichever process or connection writes; read from committed data
+        only. Equal stamps: nothing those views show changed in between. Cheap (one tiny
+        row); a caller reads it before the data it renders."""
+        ...
 
     # one bulk read for the sweep: name -> (current certificate, state, ARI), for every name
     # that has any of them
@@ -180,9 +205,10 @@ class Store(Protocol):
     async def add_event(self, event: Event) -> None: ...
 
     async def events(
-        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100
+        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100,
+        before: int | None = None,
     ) -> list[Event]:
-        """Newest first."""
+        """Newest first; `before`: only ids below it (the next page's cursor)."""
         ...
 
     async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
@@ -232,6 +258,15 @@ class Store(Protocol):
     async def take_over_lease(self, name: str, old_owner: str, owner: str,
                               until: datetime) -> bool:
         """Take the lease from `old_owner` (a holder known to be dead) if it still holds it."""
+        ...
+
+    async def extend_lease(self, name: str, owner: str, until: datetime) -> bool:
+        """Move the expiry of `owner`'s lease on `name` to `until`, if `owner` still holds
+        it: unexpired, or expired but taken by nobody since (no other owner worked on it).
+        False if it was released, purged or taken over: the work under it is someone
+        else's now. Inside a unit of work it is a fencing check: the lease row stays locked
+        (PostgreSQL; SQLite's write lock) until the unit commits, so nobody takes the lease
+        over between the check and the writes it guards."""
         ...
 
     async def release_lease(self, name: str, owner: str) -> None: ...

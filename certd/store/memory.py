@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import datetime, timezone
 
 from certd.errors import StoreError
+from certd.issuance.status import ORDER_UNFINISHED, AcmeStatus
 from certd.model import (
     Account,
     Alert,
@@ -50,7 +51,7 @@ from certd.model import (
 from certd.store.base import BundleGrant, matching_digest
 from certd.store.sealing import ACCOUNTS, CERTIFICATES, ORDERS, KeyRing, Sealer
 
-UNFINISHED = ("pending", "ready", "processing")  # order statuses a run can resume
+UNFINISHED = ORDER_UNFINISHED  # order statuses a run can resume
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class MemoryData:
         self.instances: dict[str, Instance] = {}
         self.alerts: dict[str, Alert] = {}
         self.tokens: dict[str, _Token] = {}
+        # bumped by every write to what an alias or certificate view shows (the SQL stores'
+        # triggers do it there): Store.change_stamp
+        self.stamp = 0
 
     def copy(self) -> MemoryData:
         """A unit of work's tables: the records are frozen, so copying the containers is
@@ -172,7 +176,7 @@ class MemoryStore:
         committed ones (never waiting for another task's unit)."""
         await asyncio.sleep(0)
         if not self._open:
-            raise StoreError("memory: store is not open")
+            raise StoreError("memory: store is not open", unavailable=True)
         return self._unit.get() or self.data
 
     async def _db(self) -> MemoryData:
@@ -194,6 +198,7 @@ class MemoryStore:
         if old is not None:  # as an upsert: the first created_at stays
             account = replace(account, created_at=old.created_at)
         db.accounts[account.directory] = self.sealer.account_in(_clean(account))
+        db.stamp += 1
 
     # challenges
     async def put_challenge(self, challenge: Challenge) -> None:
@@ -222,6 +227,7 @@ class MemoryStore:
         db.certificate_id += 1
         cert = replace(cert, id=db.certificate_id)
         db.certificates.setdefault(cert.name, []).append(self.sealer.cert_in(cert))
+        db.stamp += 1
         return cert
 
     async def current_certificate(self, name: str) -> IssuedCertificate | None:
@@ -239,7 +245,9 @@ class MemoryStore:
 
     async def put_state(self, state: CertificateState) -> None:
         state = _clean(state)
-        (await self._db()).states[state.name] = state
+        db = await self._db()
+        db.states[state.name] = state
+        db.stamp += 1
 
     # orders
     async def save_order(self, order: Order) -> None:
@@ -262,13 +270,14 @@ class MemoryStore:
         for order in (await self._read()).orders.values():  # the last saved first wins
             latest[order.certificate] = order
         return [self.sealer.order_out(o) for o in latest.values() if o.status in UNFINISHED
-                or (o.status == "valid" and o.key_pem is not None)]
+                or (o.status == AcmeStatus.VALID and o.key_pem is not None)]
 
     # aliases
     async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
         alias = _clean(replace(alias, removing=False))  # a new alias is never being removed
         db = await self._db()
         stored = db.aliases.setdefault(alias.domain, alias)
+        db.stamp += stored is alias
         return stored, stored is alias
 
     async def get_alias(self, domain: str) -> Alias | None:
@@ -280,13 +289,21 @@ class MemoryStore:
         domains = sorted(d for d in db.aliases if after is None or d > after)
         return [db.aliases[d] for d in _limited(domains, limit)]
 
+    async def alias_statuses(self) -> dict[str, str]:
+        db = await self._read()
+        return {d: "removing" if a.removing else
+                (db.states[d].status.value if d in db.states else "pending")
+                for d, a in db.aliases.items()}
+
     async def mark_alias_removing(self, domain: str) -> None:
         db = await self._db()
         if domain in db.aliases:
             db.aliases[domain] = replace(db.aliases[domain], removing=True)
+            db.stamp += 1
 
     async def delete_alias(self, domain: str) -> None:
-        (await self._db()).aliases.pop(domain, None)
+        db = await self._db()
+        db.stamp += db.aliases.pop(domain, None) is not None
 
     # ARI windows
     async def get_ari(self, name: str) -> AriState | None:
@@ -294,7 +311,9 @@ class MemoryStore:
 
     async def put_ari(self, ari: AriState) -> None:
         ari = _clean(ari)
-        (await self._db()).ari[ari.name] = ari
+        db = await self._db()
+        db.ari[ari.name] = ari
+        db.stamp += 1
 
     # the request ledger (budget)
     async def ledger_add(self, kind: str, keys: list[str], at: datetime) -> None:
@@ -313,6 +332,19 @@ class MemoryStore:
         purged = len(db.ledger) - len(kept)
         db.ledger[:] = kept
         return purged
+
+    async def ledger_take(self, kind: str, key: str, at: datetime, *, since: datetime,
+                          limit: int) -> datetime | None:
+        at, since = _utc(at), _utc(since)
+        db = await self._db()  # no await from here on: the count and the write are one step
+        times = sorted(t for k, key_, t in db.ledger if k == kind and key_ == key and t > since)
+        if len(times) >= limit:
+            return times[len(times) - limit] if limit > 0 else at
+        db.ledger.append((kind, key, at))
+        return None
+
+    async def change_stamp(self) -> int:
+        return (await self._read()).stamp
 
     # the bulk reads
     async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
@@ -336,7 +368,9 @@ class MemoryStore:
     # deployments
     async def put_deployment(self, deployment: Deployment) -> None:
         d = _clean(deployment)
-        (await self._db()).deployments[d.certificate, d.frontend, d.node] = d
+        db = await self._db()
+        db.deployments[d.certificate, d.frontend, d.node] = d
+        db.stamp += 1
 
     async def deployments(self, certificate: str) -> list[Deployment]:
         return _deployments(await self._read(), certificate)
@@ -350,11 +384,13 @@ class MemoryStore:
         db.event_counts[event.kind] = db.event_counts.get(event.kind, 0) + 1
 
     async def events(
-        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100
+        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100,
+        before: int | None = None,
     ) -> list[Event]:
         db = await self._read()
-        found = (row for row in reversed(db.events.values())
-                 if (certificate is None or row[0].certificate == certificate)
+        found = (row for i, row in reversed(db.events.items())
+                 if (before is None or i < before)
+                 and (certificate is None or row[0].certificate == certificate)
                  and (kind is None or row[0].kind == kind))
         return [_event(row) for row in _limited(found, limit)]
 
@@ -387,13 +423,14 @@ class MemoryStore:
                         for newer in history[i + 1:]):
                     history[i] = replace(cert, key_pem="")
                     certs += 1
+        db.stamp += certs
         stored = {c.order_url for history in db.certificates.values() for c in history
                   if c.order_url is not None}
         latest = {o.certificate: o.url for o in db.orders.values()}
         orders = 0
         for url, order in db.orders.items():
             if order.key_pem is not None and (name is None or order.certificate == name) and (
-                    order.status == "invalid" or url in stored
+                    order.status == AcmeStatus.INVALID or url in stored
                     or latest[order.certificate] != url):
                 db.orders[url] = replace(order, key_pem=None)
                 orders += 1
@@ -407,6 +444,7 @@ class MemoryStore:
             if cert.key_pem:
                 history[i] = replace(cert, key_pem="")
                 changed += 1
+        db.stamp += changed
         for url, order in db.orders.items():
             if order.certificate != name:
                 continue
@@ -414,7 +452,8 @@ class MemoryStore:
                 changed += 1
             # an unfinished order is abandoned with its key: a re-added alias orders afresh
             if order.status in UNFINISHED:
-                order = replace(order, status="invalid", error="abandoned: keys destroyed")
+                order = replace(order, status=AcmeStatus.INVALID.value,
+                                error="abandoned: keys destroyed")
             db.orders[url] = replace(order, key_pem=None)
         _drop(db.challenges, lambda c: c.certificate == name)
         return changed
@@ -440,6 +479,15 @@ class MemoryStore:
         db = await self._db()
         held = db.leases.get(name)
         if held is None or held[0] != old_owner:
+            return False
+        db.leases[name] = (owner, until)
+        return True
+
+    async def extend_lease(self, name: str, owner: str, until: datetime) -> bool:
+        until = _utc(until)
+        db = await self._db()
+        held = db.leases.get(name)
+        if held is None or held[0] != owner:
             return False
         db.leases[name] = (owner, until)
         return True
@@ -575,7 +623,7 @@ def _current(history: Sequence[IssuedCertificate]) -> IssuedCertificate | None:
 
 def _summary(c: IssuedCertificate) -> CertSummary:
     return CertSummary(c.name, c.serial, c.domains, c.not_before, c.not_after, c.issued_at,
-                       c.fingerprint_sha256)
+                       c.fingerprint_sha256, c.issuer, c.profile)
 
 
 def _deployments(db: MemoryData, certificate: str) -> list[Deployment]:

@@ -172,4 +172,31 @@ MIGRATIONS: list[list[str]] = [
             started_at TEXT NOT NULL,
             last_seen_at TEXT NOT NULL)""",
     ],
+    [  # 9: the change stamp (issue 13) — the API's rendered reads are cached against it
+        # (certd/api/cache.py). Bumped by triggers in the transaction of every write to what
+        # an alias or certificate view shows, whichever process or code path writes.
+        "CREATE TABLE change_stamp (one INTEGER PRIMARY KEY CHECK (one = 1), n INTEGER NOT NULL)",
+        "INSERT INTO change_stamp (one, n) VALUES (1, 0)",
+        *(f"""CREATE TRIGGER {table}_{op.lower()}_stamped AFTER {op} ON {table}
+            BEGIN UPDATE change_stamp SET n = n + 1; END"""
+          for table in ("aliases", "certificates", "cert_state", "ari", "deployments",
+                        "accounts")  # accounts: a dns-persist alias shows its TXT record
+          for op in ("INSERT", "UPDATE", "DELETE")),
+    ],
+    [  # 10: how the CA validates an alias (issue 14, item 4): "http-01" | "dns-persist"
+        "ALTER TABLE aliases ADD COLUMN validation TEXT NOT NULL DEFAULT 'http-01'",
+    ],
+    [  # 11: which CA issued each certificate (issue 14, item 2): its directory URL; NULL
+        # for one stored before (the single CA of the time) or imported
+        "ALTER TABLE certificates ADD COLUMN issuer TEXT",
+    ],
+    [  # 12: ACME profiles (issue 14, item 1): the profile a certificate was ordered with,
+        # and the one an alias asks for; NULL: none
+        "ALTER TABLE certificates ADD COLUMN profile TEXT",
+        "ALTER TABLE aliases ADD COLUMN profile TEXT",
+    ],
+    [  # 13: a deployment's verification as a stored fact, not its message text: when
+        # the rollout saw the node serve the deployed serial; NULL: not verified
+        "ALTER TABLE deployments ADD COLUMN verified_at TEXT",
+    ],
 ]

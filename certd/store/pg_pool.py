@@ -11,6 +11,10 @@ what a failure says (certd/store/postgres.py has the Store methods, pg_schema.py
   `postgresql[USER@HOST:PORT/DATABASE]`, never with the URL's password or query.
 - Every call is one statement in autocommit unless a unit of work (`transaction()`) is open
   in the calling task: then it runs on that unit's connection.
+- An API worker process (certd/workers.py) has a smaller main pool (API_WORKER_POOL_SIZE) and
+  neither the reader pool nor the challenge cache: it answers no challenges.
+- Each session names its process: `application_name` is `certd:PID` (the daemon's, or an
+  API worker's), so pg_stat_activity tells which instance holds which connections.
 - A statement waiting for another session's lock fails after LOCK_TIMEOUT (as SQLite's busy
   timeout); the server ends a transaction left idle after IDLE_IN_TRANSACTION (a dead or
   partitioned client holds no row lock for long).
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,20 @@ log = logging.getLogger(__name__)
 
 POOL_SIZE = 10  # the main pool's most connections
 READER_POOL_SIZE = 2  # get_key_authorization's own
+# An API worker process (certd/workers.py, `api.workers` > 1) serves /api/ only: one event
+# loop on one core, no challenge lookups. It opens no reader pool and no challenge cache
+# (no LISTEN connection), and its main pool is smaller: with the daemon's sizes each worker
+# kept 12 connections after a burst, so 2 instances x 4 workers held over 100 (PostgreSQL's
+# default max_connections)
+API_WORKER_POOL_SIZE = 4
+_api_worker = False  # set in a worker by `api_worker_process()`, before its store opens
+
+
+def api_worker_process() -> None:
+    """This process is an API worker: its PostgreSQL stores use the API worker's connections
+    (API_WORKER_POOL_SIZE, no reader pool, no challenge cache)."""
+    global _api_worker
+    _api_worker = True
 CONNECT_TIMEOUT = 5.0  # a new connection, TLS and login included
 LOCK_TIMEOUT = "5s"  # a statement waiting for another session's row or table lock fails
 COMMAND_TIMEOUT = 60.0  # any one statement (the sweep's bulk reads included)
@@ -90,7 +109,9 @@ class PgConnections:
         self.url = url
         self.name = display_name(url)
         self.password_file = Path(password_file) if password_file is not None else None
-        self.pool_size = pool_size
+        # an API worker's store: a smaller pool; no reader pool nor challenge cache
+        self.api_worker = _api_worker
+        self.pool_size = min(pool_size, API_WORKER_POOL_SIZE) if _api_worker else pool_size
         self._pool: asyncpg.Pool | None = None
         self._reader: asyncpg.Pool | None = None
         self._unit: contextvars.ContextVar[_Unit | None] = contextvars.ContextVar(
@@ -100,7 +121,8 @@ class PgConnections:
         return f"<{type(self).__name__} {self.name}>"
 
     def _error(self, exc: BaseException, what: str = "") -> StoreError:
-        return StoreError(f"postgresql[{self.name}]: {what}{_reason(exc)}")
+        return StoreError(f"postgresql[{self.name}]: {what}{_reason(exc)}",
+                          unavailable=isinstance(exc, _UNAVAILABLE))
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -125,7 +147,8 @@ class PgConnections:
             "timeout": connect_timeout,
             "command_timeout": command_timeout,
             "server_settings": {
-                "application_name": "certd",
+                # which process a session is (pg_stat_activity): `certd:PID`
+                "application_name": f"certd:{os.getpid()}",
                 "lock_timeout": LOCK_TIMEOUT,
                 "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION,
             },
@@ -153,6 +176,8 @@ class PgConnections:
                     raise StoreError(f"postgresql[{self.name}]: open: the database is "
                                      "read-only (a standby, or default_transaction_read_only)")
                 await migrate(conn)
+            if self.api_worker:  # no challenge lookups here: `_lookup` uses the main pool
+                return
             # the reader keeps its connections however long they idle: the first challenge
             # lookup after a quiet hour should not pay for a login
             self._reader = await asyncpg.create_pool(
@@ -186,7 +211,7 @@ class PgConnections:
 
     def _main(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise StoreError(f"postgresql[{self.name}]: store is not open")
+            raise StoreError(f"postgresql[{self.name}]: store is not open", unavailable=True)
         return self._pool
 
     # -------------------------------------------------------------- units of work
@@ -293,9 +318,9 @@ class PgConnections:
         """One row from the reader pool (get_key_authorization's): never queued behind
         this process's writes, bounded by READ_TIMEOUT, connecting included; once more on a
         lost connection, as `_all`."""
-        reader = self._reader
+        reader = self._reader if not self.api_worker else self._pool
         if reader is None:
-            raise StoreError(f"postgresql[{self.name}]: store is not open")
+            raise StoreError(f"postgresql[{self.name}]: store is not open", unavailable=True)
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 for again in (True, False):
@@ -319,6 +344,15 @@ FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClien
 # may fail its next statement with "cannot switch to state ...")
 _LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.InterfaceError,
          asyncpg.InternalClientError, ConnectionResetError, BrokenPipeError)
+
+
+# the server cannot be reached or serve anyone now (StoreError.unavailable): the network,
+# no answer in time (a pool's acquire included), a lost connection, a server starting, stopping
+# or full, a read-only server (a standby after a failover). Not a row lock held past
+# LOCK_TIMEOUT: that is one row's writer, the other rows may be free
+_UNAVAILABLE = (*_LOST, OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.OperatorInterventionError, asyncpg.InsufficientResourcesError,
+                asyncpg.ReadOnlySQLTransactionError)
 
 
 def _reason(exc: BaseException) -> str:

@@ -27,6 +27,10 @@ MIGRATION_LOCK = 0x6365727464_6D6967
 # commit in the order they were drawn: a reader following ids (events_since) never skips an
 # event that a slower transaction commits later
 EVENTS_LOCK = 0x6365727464_657674
+# first key of the pg_advisory_xact_lock(int, int) pair that Store.ledger_take holds while it
+# counts and records an entry (the second: a hash of the entry's kind and key); the two-key
+# form's locks never collide with the one-key ones above ('cLdg' as bytes)
+LEDGER_LOCK = 0x634C6467
 
 MIGRATIONS: list[list[str]] = [
     [  # 1: everything SQLite's migrations 1-7 made
@@ -193,6 +197,47 @@ MIGRATIONS: list[list[str]] = [
             pid integer NOT NULL,
             started_at timestamptz NOT NULL,
             last_seen_at timestamptz NOT NULL)""",
+    ],
+    [  # 4: the change stamp (issue 13) — the API's rendered reads are cached against it
+        # (certd/api/cache.py). A row trigger bumps it in the transaction of every write to
+        # what an alias or certificate view shows, whichever instance or code path writes.
+        # The trigger is deferred to commit and bumps once per transaction: the stamp's row
+        # lock is the last lock a writer takes and is held only while it commits (no
+        # deadlock with another writer's row locks, no queue behind a long unit of work)
+        """CREATE TABLE change_stamp (
+            one boolean PRIMARY KEY DEFAULT true CHECK (one),
+            n bigint NOT NULL)""",
+        "INSERT INTO change_stamp (n) VALUES (0)",
+        """CREATE FUNCTION certd_bump_change_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF coalesce(current_setting('certd.stamped', true), '') <> txid_current()::text
+            THEN
+                UPDATE change_stamp SET n = n + 1;
+                PERFORM set_config('certd.stamped', txid_current()::text, true);
+            END IF;
+            RETURN NULL;
+        END $$""",
+        *(f"""CREATE CONSTRAINT TRIGGER {table}_stamped AFTER INSERT OR UPDATE OR DELETE
+            ON {table} DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION certd_bump_change_stamp()"""
+          for table in ("aliases", "certificates", "cert_state", "ari", "deployments",
+                        "accounts")),  # accounts: a dns-persist alias shows its TXT record
+    ],
+    [  # 5: how the CA validates an alias (issue 14, item 4): 'http-01' | 'dns-persist'
+        "ALTER TABLE aliases ADD COLUMN validation text NOT NULL DEFAULT 'http-01'",
+    ],
+    [  # 6: which CA issued each certificate (issue 14, item 2): its directory URL; NULL
+        # for one stored before (the single CA of the time) or imported
+        "ALTER TABLE certificates ADD COLUMN issuer text",
+    ],
+    [  # 7: ACME profiles (issue 14, item 1): the profile a certificate was ordered with,
+        # and the one an alias asks for; NULL: none
+        "ALTER TABLE certificates ADD COLUMN profile text",
+        "ALTER TABLE aliases ADD COLUMN profile text",
+    ],
+    [  # 8: a deployment's verification as a stored fact, not its message text: when
+        # the rollout saw the node serve the deployed serial; NULL: not verified
+        "ALTER TABLE deployments ADD COLUMN verified_at timestamptz",
     ],
 ]
 

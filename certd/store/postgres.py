@@ -50,7 +50,7 @@ from certd.model import (
 from certd.store.base import BundleGrant, matching_digest
 from certd.store.pg_challenges import ChallengeCache
 from certd.store.pg_pool import FAILURES, PgConnections
-from certd.store.pg_schema import EVENTS_LOCK
+from certd.store.pg_schema import EVENTS_LOCK, LEDGER_LOCK
 from certd.store.rows import NATIVE, Mappers
 from certd.store.sealing import KeyRing, Sealer, reseal_sql
 
@@ -86,6 +86,8 @@ class PostgresStore(PgConnections):
         if resealed:
             log.info("postgresql[%s]: %d private keys sealed under key %s", self.name,
                      resealed, self.sealer.keyring.primary)
+        if self.api_worker:  # serves no challenges: no cache, no LISTEN connection
+            return
         cache = ChallengeCache(self.name, self._new_connection)
         try:
             await cache.start()
@@ -168,12 +170,14 @@ class PostgresStore(PgConnections):
     async def add_certificate(self, cert: IssuedCertificate) -> IssuedCertificate:
         row = await self._one(
             "INSERT INTO certificates (name, serial, domains, not_before, not_after, "
-            "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url, issuer, "
+            "profile) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "RETURNING id",
             cert.name, cert.serial, list(cert.domains), _ts(cert.not_before),
             _ts(cert.not_after), cert.cert_pem, cert.chain_pem,
             self.sealer.cert_in(cert).key_pem,
-            cert.fingerprint_sha256, _ts(cert.issued_at), cert.order_url)
+            cert.fingerprint_sha256, _ts(cert.issued_at), cert.order_url, cert.issuer,
+            cert.profile)
         return replace(cert, id=row["id"])
 
     async def current_certificate(self, name: str) -> IssuedCertificate | None:
@@ -225,9 +229,10 @@ class PostgresStore(PgConnections):
 
     async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
         created = await self._exec(
-            "INSERT INTO aliases (domain, frontends, created_by, created_at) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT (domain) DO NOTHING",
-            alias.domain, list(alias.frontends), alias.created_by, _ts(alias.created_at))
+            "INSERT INTO aliases (domain, frontends, created_by, created_at, validation, "
+            "profile) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (domain) DO NOTHING",
+            alias.domain, list(alias.frontends), alias.created_by, _ts(alias.created_at),
+            alias.validation, alias.profile)
         return await self.get_alias(alias.domain), created == 1
 
     async def get_alias(self, domain: str) -> Alias | None:
@@ -243,6 +248,12 @@ class PostgresStore(PgConnections):
             rows = await self._all("SELECT * FROM aliases WHERE domain > $1 ORDER BY domain "
                                    "LIMIT $2", after, limit)
         return [ROWS.alias(r) for r in rows]
+
+    async def alias_statuses(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in await self._all(
+            "SELECT a.domain, CASE WHEN a.removing THEN 'removing' "
+            "ELSE COALESCE(s.status, 'pending') END FROM aliases a "
+            "LEFT JOIN cert_state s ON s.name = a.domain")}
 
     async def mark_alias_removing(self, domain: str) -> None:
         await self._exec("UPDATE aliases SET removing = true WHERE domain = $1", domain)
@@ -277,6 +288,25 @@ class PostgresStore(PgConnections):
 
     async def ledger_purge(self, before: datetime) -> int:
         return await self._exec("DELETE FROM ledger WHERE at <= $1", _ts(before))
+
+    async def ledger_take(self, kind: str, key: str, at: datetime, *, since: datetime,
+                          limit: int) -> datetime | None:
+        # takers of one (kind, key) queue on a transaction-scoped advisory lock; the count
+        # is a statement after it, so it sees what the one before committed (read committed)
+        async with self.transaction():
+            await self._exec("SELECT pg_advisory_xact_lock($1, hashtext($2 || '|' || $3))",
+                             LEDGER_LOCK, kind, key)
+            times = await self.ledger_times(kind, key, since)
+            if len(times) >= limit:
+                return times[len(times) - limit] if limit > 0 else at
+            await self._exec("INSERT INTO ledger (kind, key, at) VALUES ($1, $2, $3)",
+                             kind, key, _ts(at))
+            return None
+
+    async def change_stamp(self) -> int:
+        # kept by the triggers of migration 4; one row, one index lookup
+        row = await self._one("SELECT n FROM change_stamp")
+        return row["n"]
 
     # ------------------------------------------------------------- the bulk reads
 
@@ -313,7 +343,8 @@ class PostgresStore(PgConnections):
     async def put_deployment(self, deployment: Deployment) -> None:
         d = deployment
         await self._exec(_PUT_DEPLOYMENT, d.certificate, d.frontend, d.node, d.serial,
-                         d.status.value, d.message, _ts(d.updated_at), d.batch, d.seconds)
+                         d.status.value, d.message, _ts(d.updated_at), d.batch, d.seconds,
+                         _ts(d.verified_at))
 
     async def deployments(self, certificate: str) -> list[Deployment]:
         rows = await self._all(
@@ -336,12 +367,14 @@ class PostgresStore(PgConnections):
             e.message, json.dumps(e.data))
 
     async def events(
-        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100
+        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100,
+        before: int | None = None,
     ) -> list[Event]:
         rows = await self._all(
             "SELECT * FROM events WHERE ($1::text IS NULL OR certificate = $1) "
-            "AND ($2::text IS NULL OR kind = $2) ORDER BY id DESC LIMIT $3",
-            certificate, kind, limit)
+            "AND ($2::text IS NULL OR kind = $2) AND ($4::bigint IS NULL OR id < $4) "
+            "ORDER BY id DESC LIMIT $3",
+            certificate, kind, limit, before)
         return [ROWS.event(r) for r in rows]
 
     async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
@@ -428,6 +461,14 @@ class PostgresStore(PgConnections):
         changed = await self._exec(
             "UPDATE leases SET owner = $1, expires_at = $2 WHERE name = $3 AND owner = $4",
             owner, _ts(until), name, old_owner)
+        return changed == 1
+
+    async def extend_lease(self, name: str, owner: str, until: datetime) -> bool:
+        # the UPDATE's row lock lasts until the unit of work (if any) commits: a take-over
+        # or an acquire by another owner waits for it, then sees this owner's new expiry
+        changed = await self._exec(
+            "UPDATE leases SET expires_at = $1 WHERE name = $2 AND owner = $3",
+            _ts(until), name, owner)
         return changed == 1
 
     async def release_lease(self, name: str, owner: str) -> None:
@@ -538,7 +579,8 @@ _KEY_AUTHORIZATION = "SELECT key_authorization, expires_at FROM challenges WHERE
 
 _LATEST_CERTS = (
     "SELECT DISTINCT ON (name) name, serial, domains, not_before, not_after, issued_at, "
-    "fingerprint_sha256 FROM certificates WHERE key_pem <> '' {where} ORDER BY name, id DESC"
+    "fingerprint_sha256, issuer, profile FROM certificates WHERE key_pem <> '' {where} "
+    "ORDER BY name, id DESC"
 )
 
 def _upsert(table: str, columns: str, key: str, keep: str = "") -> str:
@@ -566,7 +608,7 @@ _SAVE_ORDER = _upsert("orders",
 _PUT_ARI = _upsert("ari", "name serial window_start window_end renew_at next_check_at "
                    "explanation_url checked_at", "name")
 _PUT_DEPLOYMENT = _upsert("deployments", "certificate frontend node serial status message "
-                          "updated_at batch seconds", "certificate frontend node")
+                          "updated_at batch seconds verified_at", "certificate frontend node")
 _PUT_ALERT = _upsert("alerts", "key check_id severity domain node message certificate serial "
                      "not_after days_remaining first_seen last_seen notified_at "
                      "notified_severity resolved_at", "key")

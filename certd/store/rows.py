@@ -52,7 +52,8 @@ def state(r, c: Columns) -> CertificateState:
 
 def summary(r, c: Columns) -> CertSummary:
     return CertSummary(r["name"], r["serial"], c.items(r["domains"]), c.when(r["not_before"]),
-                       c.when(r["not_after"]), c.when(r["issued_at"]), r["fingerprint_sha256"])
+                       c.when(r["not_after"]), c.when(r["issued_at"]), r["fingerprint_sha256"],
+                       r["issuer"], r["profile"])
 
 
 def order(r, c: Columns) -> Order:
@@ -69,12 +70,12 @@ def event(r, c: Columns) -> Event:
 def deployment(r, c: Columns) -> Deployment:
     return Deployment(r["certificate"], r["frontend"], r["node"], r["serial"],
                       DeployStatus(r["status"]), r["message"], c.when(r["updated_at"]),
-                      r["batch"], r["seconds"])
+                      r["batch"], r["seconds"], c.when(r["verified_at"]))
 
 
 def alias(r, c: Columns) -> Alias:
     return Alias(r["domain"], c.items(r["frontends"]), r["created_by"], c.when(r["created_at"]),
-                 bool(r["removing"]))
+                 bool(r["removing"]), r["validation"], r["profile"])
 
 
 def ari(r, c: Columns) -> AriState:
@@ -90,7 +91,7 @@ def certificate(r, c: Columns) -> IssuedCertificate:
         not_before=c.when(r["not_before"]), not_after=c.when(r["not_after"]),
         cert_pem=r["cert_pem"], chain_pem=r["chain_pem"], key_pem=r["key_pem"],
         fingerprint_sha256=r["fingerprint_sha256"], issued_at=c.when(r["issued_at"]),
-        order_url=r["order_url"], id=r["id"])
+        order_url=r["order_url"], id=r["id"], issuer=r["issuer"], profile=r["profile"])
 
 
 def alert(r, c: Columns) -> Alert:

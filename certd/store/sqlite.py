@@ -83,6 +83,7 @@ class SqliteStore:
         # statement can run inside someone else's transaction
         self._turns = asyncio.Lock()
         self._unit_task: asyncio.Task | None = None
+        self._unit_durable = False  # a call in the open unit asked for a checkpoint
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
@@ -96,13 +97,16 @@ class SqliteStore:
     async def transaction(self) -> AsyncIterator[None]:
         """A unit of work: the store calls this task makes inside commit together or not at
         all; an error or a kill -9 between them leaves none. Nested: part of the outer.
-        Other tasks' calls wait until it ends (the body must not wait for them)."""
+        Other tasks' calls wait until it ends (the body must not wait for them). Checkpointed
+        after its COMMIT if a call in it wanted that (a key stored or wiped), as it would
+        have been outside a unit; not otherwise (an alias and its quota slot, a heartbeat)."""
         task = asyncio.current_task()
         if task is not None and task is self._unit_task:
             yield
             return
         async with self._turns:
             self._unit_task = task
+            self._unit_durable = False
             try:
                 await self._exec("BEGIN IMMEDIATE")
                 try:
@@ -113,7 +117,8 @@ class SqliteStore:
                 await self._exec("COMMIT")
             finally:
                 self._unit_task = None
-        await self._durable()
+        if self._unit_durable:
+            await self._durable()
 
     async def open(self) -> None:
         try:
@@ -191,7 +196,7 @@ class SqliteStore:
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise StoreError(f"sqlite[{self.path}]: store is not open")
+            raise StoreError(f"sqlite[{self.path}]: store is not open", unavailable=True)
         return self._db
 
     async def _migrate(self) -> None:
@@ -216,14 +221,16 @@ class SqliteStore:
             async with self._turn(), self.db.execute(sql, params) as cur:
                 return cur.rowcount
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}") from exc
+            raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}",
+                             unavailable=_unavailable(exc)) from exc
 
     async def _all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         try:  # one trip to aiosqlite's thread (execute + fetch + close would be three)
             async with self._turn():
                 return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}") from exc
+            raise StoreError(f"sqlite[{self.path}]: {_reason(exc)}",
+                             unavailable=_unavailable(exc)) from exc
 
     async def _one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
         rows = await self._all(sql, params)
@@ -233,6 +240,7 @@ class SqliteStore:
         """fsync the WAL and copy it into the database file (a passive checkpoint); inside a
         caller's unit of work, the unit's COMMIT comes first."""
         if self._unit_task is not None and asyncio.current_task() is self._unit_task:
+            self._unit_durable = True
             return
         try:
             async with self._turn(), self.db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
@@ -295,8 +303,8 @@ class SqliteStore:
         try:
             async with self._turn(), self.db.execute(
                 "INSERT INTO certificates (name, serial, domains, not_before, not_after, "
-                "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "cert_pem, chain_pem, key_pem, fingerprint_sha256, issued_at, order_url, "
+                "issuer, profile) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     cert.name,
                     cert.serial,
@@ -309,6 +317,8 @@ class SqliteStore:
                     cert.fingerprint_sha256,
                     _ts(cert.issued_at),
                     cert.order_url,
+                    cert.issuer,
+                    cert.profile,
                 ),
             ) as cur:
                 new_id = cur.lastrowid
@@ -385,10 +395,10 @@ class SqliteStore:
     # aliases
     async def add_alias(self, alias: Alias) -> tuple[Alias, bool]:
         created = await self._exec(
-            "INSERT OR IGNORE INTO aliases (domain, frontends, created_by, created_at) "
-            "VALUES (?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO aliases (domain, frontends, created_by, created_at, "
+            "validation, profile) VALUES (?, ?, ?, ?, ?, ?)",
             (alias.domain, json.dumps(list(alias.frontends)), alias.created_by,
-             _ts(alias.created_at)),
+             _ts(alias.created_at), alias.validation, alias.profile),
         )
         return await self.get_alias(alias.domain), created == 1
 
@@ -406,6 +416,12 @@ class SqliteStore:
             rows = await self._all("SELECT * FROM aliases WHERE domain > ? ORDER BY domain "
                                    "LIMIT ?", (after, -1 if limit is None else limit))
         return [ROWS.alias(r) for r in rows]
+
+    async def alias_statuses(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in await self._all(
+            "SELECT a.domain, CASE WHEN a.removing THEN 'removing' "
+            "ELSE COALESCE(s.status, 'pending') END FROM aliases a "
+            "LEFT JOIN cert_state s ON s.name = a.domain")}
 
     async def mark_alias_removing(self, domain: str) -> None:
         await self._exec("UPDATE aliases SET removing = 1 WHERE domain = ?", (domain,))
@@ -448,6 +464,30 @@ class SqliteStore:
     async def ledger_purge(self, before: datetime) -> int:
         return await self._exec("DELETE FROM ledger WHERE at <= ?", (_ts(before),))
 
+    async def ledger_take(self, kind: str, key: str, at: datetime, *, since: datetime,
+                          limit: int) -> datetime | None:
+        # one statement: a writing statement holds the write lock from its start, so no
+        # other connection or process writes between its count and its insert
+        taken = await self._exec(
+            "INSERT INTO ledger (kind, key, at) SELECT :kind, :key, :at WHERE (SELECT COUNT(*) "
+            "FROM ledger WHERE kind = :kind AND key = :key AND at > :since) < :limit",
+            {"kind": kind, "key": key, "at": _ts(at), "since": _ts(since), "limit": limit})
+        if taken:
+            return None
+        times = await self.ledger_times(kind, key, since)  # a refusal: its Retry-After
+        return times[len(times) - limit] if 0 < limit <= len(times) else at
+
+    async def change_stamp(self) -> int:
+        # the read-only connection: never queued behind a write on the main one; kept by
+        # the triggers of migration 9
+        if self._reader is None:
+            raise StoreError(f"sqlite[{self.path}]: store is not open")
+        try:
+            rows = await self._reader.execute_fetchall("SELECT n FROM change_stamp")
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite[{self.path}]: change stamp: {_reason(exc)}") from exc
+        return rows[0][0]
+
     # the sweep's bulk read
     async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
                                                 AriState | None]]:
@@ -487,9 +527,10 @@ class SqliteStore:
         await self._exec(
             "INSERT OR REPLACE INTO deployments "
             "(certificate, frontend, node, serial, status, message, updated_at, batch, "
-            "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "seconds, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.certificate, d.frontend, d.node, d.serial, d.status.value, d.message,
-             _ts(d.updated_at), d.batch, d.seconds),
+             _ts(d.updated_at), d.batch, d.seconds,
+             _ts(d.verified_at)),
         )
 
     async def deployments(self, certificate: str) -> list[Deployment]:
@@ -509,12 +550,14 @@ class SqliteStore:
         )
 
     async def events(
-        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100
+        self, *, certificate: str | None = None, kind: str | None = None, limit: int = 100,
+        before: int | None = None,
     ) -> list[Event]:
         rows = await self._all(
             "SELECT * FROM events WHERE (:c IS NULL OR certificate = :c) "
-            "AND (:k IS NULL OR kind = :k) ORDER BY id DESC LIMIT :n",
-            {"c": certificate, "k": kind, "n": limit},
+            "AND (:k IS NULL OR kind = :k) AND id < :b ORDER BY id DESC LIMIT :n",
+            {"c": certificate, "k": kind, "n": limit, "b": 2**63 - 1 if before is None
+             else before},
         )
         return [ROWS.event(r) for r in rows]
 
@@ -579,8 +622,11 @@ class SqliteStore:
     async def reseal(self) -> int:
         """Seal every private key under the key file's first key (plain ones, and those
         under an older key); returns how many rows changed. Runs at each open."""
-        return await reseal_sql(self.sealer, lambda i: "?", self._all,
-                                lambda sql, args: self._exec(sql, args), self.transaction)
+        changed = await reseal_sql(self.sealer, lambda i: "?", self._all,
+                                   lambda sql, args: self._exec(sql, args), self.transaction)
+        if changed:  # the plain keys' pages out of the WAL, zeroed (secure_delete)
+            await self._durable()
+        return changed
 
     async def last_event_id(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM events")
@@ -609,6 +655,11 @@ class SqliteStore:
             "UPDATE leases SET owner = ?, expires_at = ? WHERE name = ? AND owner = ?",
             (owner, _ts(until), name, old_owner),
         )
+        return changed == 1
+
+    async def extend_lease(self, name: str, owner: str, until: datetime) -> bool:
+        changed = await self._exec("UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ?",
+                                   (_ts(until), name, owner))
         return changed == 1
 
     async def release_lease(self, name: str, owner: str) -> None:
@@ -716,6 +767,14 @@ class SqliteStore:
             (_ts(now), batch if batch is not None else ""))
 
 
+def _unavailable(exc: Exception) -> bool:
+    """The file cannot serve anyone now (StoreError.unavailable): its write lock held past
+    the busy timeout, an I/O error, cannot be opened, disk full, read-only."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                            "SQLITE_FULL", "SQLITE_READONLY"))
+
+
 def _reason(exc: Exception) -> str:
     """SQLite's words, with what they mean for an operator when they are terse."""
     name = getattr(exc, "sqlite_errorname", "")
@@ -732,6 +791,6 @@ def _reason(exc: Exception) -> str:
 
 _LATEST_CERTS = (
     "SELECT c.name, c.serial, c.domains, c.not_before, c.not_after, c.issued_at, "
-    "c.fingerprint_sha256 FROM certificates c JOIN (SELECT name, MAX(id) AS id FROM "
+    "c.fingerprint_sha256, c.issuer, c.profile FROM certificates c JOIN (SELECT name, MAX(id) AS id FROM "
     "certificates WHERE key_pem <> '' {where} GROUP BY name) latest ON c.id = latest.id"
 )

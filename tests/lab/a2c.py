@@ -3,7 +3,8 @@
 Debian's pebble 2.4 has no ``renewalInfo``; acme2certifier has, and this module runs
 it for the lab, validating HTTP-01 through the lab's own chain::
 
-    acme2certifier --DNS (dnspython)--> challtestsrv (every name -> 127.0.0.1)
+    acme2certifier --DNS (dnspython)--> challtestsrv (every name -> 127.0.0.1), or the
+                                         server at ``dns_address`` (a BIND of tests/lab/bind.py)
                    --HTTP-01 GET------> haproxy 127.0.0.1:lab.http_port -> nginx fe1/fe2
                                          -> lab.challenge_listen (certd or a stand-in)
 
@@ -164,6 +165,7 @@ class Acme2Certifier(StopOnExit):
         tls: bool = False,
         threaded: bool = False,
         debug: bool = False,
+        dns_address: str | None = None,
         extra_config: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """Allocate a port and write CA, config and launcher settings; starts nothing."""
@@ -176,6 +178,11 @@ class Acme2Certifier(StopOnExit):
         self.debug = debug
         self.threaded = threaded
         self.extra_config = {k: dict(v) for k, v in (extra_config or {}).items()}
+        # the resolver of every name it validates ("host:port"): the lab's challtestsrv
+        # unless told (dns-persist-01 reads the customer's record there)
+        self.dns_host, _, dns_port = (dns_address
+                                      or f"127.0.0.1:{lab.challtestsrv.dns_port}").rpartition(":")
+        self.dns_port = int(dns_port)
         if validity_seconds is None:
             self.validity_seconds = int(validity_days) * 86400
             self._validity_patch = False
@@ -218,6 +225,7 @@ class Acme2Certifier(StopOnExit):
         tls: bool = False,
         threaded: bool = False,
         debug: bool = False,
+        dns_address: str | None = None,
         extra_config: Mapping[str, Mapping[str, str]] | None = None,
         timeout: float = 15.0,
     ) -> "Acme2Certifier":
@@ -226,6 +234,8 @@ class Acme2Certifier(StopOnExit):
         ``validity_seconds`` (needs a launcher patch) wins over ``validity_days``.
         ``window`` is a key of :data:`WINDOWS` or an :class:`AriWindow`.
         ``extra_config`` adds or overrides acme_srv.cfg options: ``{section: {key: value}}``.
+        ``dns_address`` (``"host:port"``) is the DNS server it resolves through (default: the
+        lab's challtestsrv).
         On failure the process is stopped and :class:`LabError` carries its log tail.
         """
         server = cls(
@@ -238,6 +248,7 @@ class Acme2Certifier(StopOnExit):
             threaded=threaded,
             debug=debug,
             extra_config=extra_config,
+            dns_address=dns_address,
         )
         server._run(timeout)
         return server
@@ -316,7 +327,7 @@ class Acme2Certifier(StopOnExit):
             "DEFAULT": {
                 "debug": str(self.debug),
                 # Patch 1 in the launcher supplies the port.
-                "dns_server_list": json.dumps(["127.0.0.1"]),
+                "dns_server_list": json.dumps([self.dns_host]),
             },
             "Nonce": {"nonce_check_disable": "False"},
             # Like Let's Encrypt since 2025: an account needs no contact (a2c's
@@ -357,7 +368,7 @@ class Acme2Certifier(StopOnExit):
             "base_dir": str(self.workdir),
             "host": self.host,
             "port": self.port,
-            "dns_port": self.lab.challtestsrv.dns_port,
+            "dns_port": self.dns_port,
             "http_port": self.lab.http_port,
             "validity_seconds": self.validity_seconds if self._validity_patch else None,
             "orders_log": str(self.orders_log),
@@ -429,6 +440,15 @@ class Acme2Certifier(StopOnExit):
             for order in self.new_orders()
             if order.get("status") == 201 and (replaces is None or order.get("replaces") == replaces)
         )
+
+    def challenges(self) -> list[tuple[str, str]]:
+        """(type, status) of every challenge acme2certifier created, oldest first, read from
+        its SQLite DB (e.g. ``("dns-persist-01", "valid")``, ``("http-01", "pending")``)."""
+        import sqlite3
+
+        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as db:
+            return db.execute("SELECT c.type, s.name FROM challenge c JOIN status s "
+                              "ON c.status_id = s.id ORDER BY c.id").fetchall()
 
     def log_text(self) -> str:
         """acme2certifier's stdout and stderr (all runs)."""

@@ -11,9 +11,11 @@ Patches (each one exists because no acme2certifier option does it):
 1. DNS port.  acme2certifier resolves HTTP-01 names with ``dns.resolver.Resolver``
    and its ``dns_server_list`` option takes bare IP addresses, so the queries go
    to port 53.  The lab's DNS server (pebble-challtestsrv) listens on a high
-   port: every ``Resolver`` built in this process gets ``port = <dns_port>``
+   port (or a BIND of tests/lab/bind.py does): every ``Resolver`` built in this
+   process gets ``port = <dns_port>``
    (``Resolver.reset`` is wrapped).  The address itself comes from the config
-   (``[DEFAULT] dns_server_list: ["127.0.0.1"]``).
+   (``[DEFAULT] dns_server_list: ["127.0.0.1"]``).  dns-persist-01 reads the
+   customer's TXT record through the same resolver.
 
 2. HTTP-01 port.  The validator fetches ``http://<resolved-ip>/.well-known/...``
    with ``Host: <name>`` (``url_get_dns_pinned``), always on port 80; its

@@ -130,10 +130,13 @@ class Lab(StopOnExit):
         return lab
 
     def start_pebble(
-        self, env: dict[str, str] | None = None, validity_seconds: int | None = None
+        self, env: dict[str, str] | None = None, validity_seconds: int | None = None,
+        dns_address: str | None = None,
     ) -> Pebble:
         """Start another pebble with its own ports and root, validating through the same
-        load balancer and resolving through the same challtestsrv.
+        load balancer and resolving through the same challtestsrv (or ``dns_address``,
+        ``host:port``: pebble then resolves every name there, e.g. a BIND of
+        :mod:`tests.lab.bind` for dns-01).
 
         The caller stops it (``pebble.stop()``); :meth:`stop` also does, as a safety net.
         ``env`` is layered over :data:`tests.lab.pebble.DEFAULT_ENV`
@@ -147,7 +150,7 @@ class Lab(StopOnExit):
             listener_key=self.listener_ca.key_path,
             ca_bundle=self.listener_ca.bundle,
             http_port=self.http_port,
-            dns_address=self.challtestsrv.dns_address,
+            dns_address=dns_address or self.challtestsrv.dns_address,
             env=env,
             validity_seconds=validity_seconds,
         )

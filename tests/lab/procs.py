@@ -162,11 +162,14 @@ def _scan() -> Iterable[tuple[int, list[str]]]:
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (via /proc; falls back to a scan of /proc/*/stat on a
-    kernel without CONFIG_PROC_CHILDREN)."""
+    """Direct children of ``pid`` (via /proc, the children of each of its threads: a child
+    forked by another thread than the main one, as chromedriver's browser, is listed only
+    there; falls back to a scan of /proc/*/stat on a kernel without CONFIG_PROC_CHILDREN)."""
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(child) for child in text.split()]
+        found: list[int] = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+        return found
     except OSError:
         pass
     return [child for child, fields in _scan() if int(fields[1]) == pid]
