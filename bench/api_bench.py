@@ -7,7 +7,15 @@ the saturation throughput with C closed-loop clients (wrk, or aiohttp); then a b
 new-domain POSTs (202/s). Repeated for each W given.
 
     .venv/bin/python bench/api_bench.py [-n 10000] [--workers 1 2] [--rate 500] [-c 50]
-                                        [-d 10] [--posts 500]
+                                        [-d 10] [--posts 500] [--storage sqlite|postgresql]
+                                        [--instances K]
+
+`--storage postgresql` puts the aliases in a private PostgreSQL cluster (a new database per
+W) and `--instances K` (only with PostgreSQL) starts K `certd run` on it, each with W workers
+and its own API port: every request (the open loop, the aliohttp generators, the POSTs) goes
+to the instances' ports in turn (round robin), and the saturation runs K wrk processes at
+once, one per instance, with the clients split between them (the rate is their sum, p50/p99
+the worse of the K: wrk's histograms cannot be merged).
 
 wrk (Debian package `wrk`) is closed-loop, so it only measures the saturation; the fixed
 rate comes from an aiohttp generator in this file (wrk2 is not packaged). Not a test: no
@@ -34,7 +42,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._proc import free_port, rss_mb, stop
+from bench import _store
+from bench._proc import QUIET, cpu_seconds, free_port, rss_mb, settle, stop
 from certd.model import Alias, utcnow
 from certd.store.sqlite import SqliteStore
 
@@ -67,16 +76,16 @@ def config_data(root: Path, api_port: int, workers: int = 1) -> dict:
     }
 
 
-async def populate(db: Path, n: int) -> None:
-    store = SqliteStore(db)
+async def populate(where: Path | dict, n: int) -> None:
+    """N aliases in the store a config dict names, or in the SQLite file at a Path."""
+    store = SqliteStore(where) if isinstance(where, Path) else _store.open_store(where)
     await store.open()
     now = utcnow()
     try:
-        await store.db.execute("BEGIN")
-        for i in range(n):
-            await store.add_alias(Alias(alias_domain(i), ("web",), "bench",
-                                        now - timedelta(minutes=n - i)))
-        await store.db.execute("COMMIT")
+        async with store.transaction():
+            for i in range(n):
+                await store.add_alias(Alias(alias_domain(i), ("web",), "bench",
+                                            now - timedelta(minutes=n - i)))
     finally:
         await store.close()
 
@@ -117,20 +126,32 @@ end
 """
 
 
-def wrk_run(root: Path, base: str, paths: list[str], clients: int, seconds: int) -> dict:
+def wrk_run(root: Path, bases: list[str], paths: list[str], clients: int, seconds: int
+            ) -> dict:
+    """`clients` connections for `seconds`, split over one wrk per base, all at once."""
     tag = f"{len(paths)}"
-    paths_file, script, out = (root / f"paths{tag}.txt", root / f"load{tag}.lua",
-                               root / f"wrk{tag}.json")
+    paths_file, script = root / f"paths{tag}.txt", root / f"load{tag}.lua"
+    outs = [root / f"wrk{tag}-{i}.json" for i in range(len(bases))]
     paths_file.write_text("\n".join(paths) + "\n")
-    script.write_text(WRK_LUA % {"paths": paths_file, "token": TOKEN, "out": out})
-    threads = min(4, clients)
-    subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds}s",
-                    "--timeout", "10s", "-s", str(script), base],
-                   check=True, stdout=subprocess.DEVNULL)
-    r = json.loads(out.read_text())
-    return {"requests": r["requests"], "rps": r["requests"] / r["seconds"],
-            "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
-            "max_ms": r["max_us"] / 1000, "errors": r["errors"]}
+    runs = []
+    for i, (base, out) in enumerate(zip(bases, outs)):
+        share = clients // len(bases) + (i < clients % len(bases))
+        script_i = script.with_name(f"{script.stem}-{i}.lua")
+        script_i.write_text(WRK_LUA % {"paths": paths_file, "token": TOKEN, "out": out})
+        runs.append(subprocess.Popen(
+            ["wrk", "-t", str(min(4 // len(bases) or 1, share)), "-c", str(share),
+             "-d", f"{seconds}s", "--timeout", "10s", "-s", str(script_i), base],
+            stdout=subprocess.DEVNULL))
+    for run in runs:
+        if run.wait() != 0:
+            raise SystemExit(f"wrk exited {run.returncode}")
+    rs = [json.loads(out.read_text()) for out in outs]
+    return {"requests": sum(r["requests"] for r in rs),
+            "rps": sum(r["requests"] / r["seconds"] for r in rs),
+            "p50_ms": max(r["p50_us"] for r in rs) / 1000,
+            "p99_ms": max(r["p99_us"] for r in rs) / 1000,
+            "max_ms": max(r["max_us"] for r in rs) / 1000,
+            "errors": sum(r["errors"] for r in rs)}
 
 
 # --- aiohttp (fallback for the GETs, and the POST burst) -----------------------------------
@@ -140,20 +161,22 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, max(0, int(round(p / 100 * len(values))) - 1))]
 
 
-async def aiohttp_gets(base: str, paths: list[str], clients: int, seconds: float,
+async def aiohttp_gets(bases: list[str], paths: list[str], clients: int, seconds: float,
                        max_requests: int = 200_000) -> dict:
     latencies: list[float] = []
     errors = 0
     headers = {"Authorization": f"Bearer {TOKEN}"}
     rng = random.Random(1)
     deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(base, headers=headers,
+    turn = iter(range(1 << 62))
+    async with aiohttp.ClientSession(headers=headers,
                                      connector=aiohttp.TCPConnector(limit=clients)) as http:
         async def client() -> None:
             nonlocal errors
             while time.perf_counter() < deadline and len(latencies) < max_requests:
                 t0 = time.perf_counter()
-                async with http.get(rng.choice(paths)) as r:
+                base = bases[next(turn) % len(bases)]
+                async with http.get(base + rng.choice(paths)) as r:
                     await r.read()
                     if r.status != 200:
                         errors += 1
@@ -168,17 +191,17 @@ async def aiohttp_gets(base: str, paths: list[str], clients: int, seconds: float
             "errors": errors}
 
 
-async def post_burst(base: str, n: int, clients: int, first: int) -> dict:
+async def post_burst(bases: list[str], n: int, clients: int, first: int) -> dict:
     statuses: dict[int, int] = {}
     latencies: list[float] = []
     headers = {"Authorization": f"Bearer {TOKEN}"}
     todo = iter(range(first, first + n))
-    async with aiohttp.ClientSession(base, headers=headers,
+    async with aiohttp.ClientSession(headers=headers,
                                      connector=aiohttp.TCPConnector(limit=clients)) as http:
         async def client() -> None:
             for i in todo:
                 t0 = time.perf_counter()
-                async with http.post("/api/v1/domains",
+                async with http.post(bases[i % len(bases)] + "/api/v1/domains",
                                      json={"domain": f"new{i}.example.com"}) as r:
                     await r.read()
                     statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -192,7 +215,7 @@ async def post_burst(base: str, n: int, clients: int, first: int) -> dict:
             "p99_ms": percentile(latencies, 99) * 1000}
 
 
-async def open_loop(base: str, paths: list[str], rate: float, seconds: float,
+async def open_loop(bases: list[str], paths: list[str], rate: float, seconds: float,
                     connections: int = 256, warmup: float = 2.0) -> dict:
     """`rate` requests/s for `seconds`, each sent at its scheduled time on a pool of up to
     `connections` kept-alive connections (a late answer never delays the next request);
@@ -205,7 +228,7 @@ async def open_loop(base: str, paths: list[str], rate: float, seconds: float,
     rng = random.Random(3)
     n = int(rate * seconds)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(base, headers=headers, timeout=timeout,
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout,
                                      connector=aiohttp.TCPConnector(limit=connections)) as http:
         async def one(at: float, path: str) -> None:
             nonlocal errors
@@ -227,7 +250,8 @@ async def open_loop(base: str, paths: list[str], rate: float, seconds: float,
                 delay = at - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(at, rng.choice(paths))))
+                base = bases[i % len(bases)]  # the instances in turn
+                tasks.append(asyncio.create_task(one(at, base + rng.choice(paths))))
             sent = time.perf_counter() - t0
             await asyncio.gather(*tasks)
             return sent
@@ -260,44 +284,76 @@ def main() -> None:
                         help="api.workers values to measure, one daemon each")
     parser.add_argument("--posts", type=int, default=500)
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp generator")
+    _store.add_argument(parser)
+    parser.add_argument("--instances", type=int, default=1,
+                        help="`certd run` instances on the store (> 1: PostgreSQL only)")
     args = parser.parse_args()
-    for workers in args.workers:
-        run(args, workers)
+    if args.instances > 1 and args.storage != "postgresql":
+        parser.error("several instances share a store only with --storage postgresql")
+    if shutil.which("wrk") is None and not args.no_wrk:
+        print("wrk not found (it is Debian's `wrk`, hand-installed on the bench machine, not "
+              "in scripts/test): the saturation runs use the aiohttp generator instead")
+    with _store.cluster(args.storage) as pg:
+        for workers in args.workers:
+            run(args, workers, pg)
 
 
-def run(args: argparse.Namespace, workers: int) -> None:
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def run(args: argparse.Namespace, workers: int, pg=None) -> None:
     use_wrk = shutil.which("wrk") is not None and not args.no_wrk
-    print(f"--- api.workers: {workers}")
+    k = args.instances
+    print(f"--- {args.storage}, {k} instance(s) x api.workers: {workers}")
     with tempfile.TemporaryDirectory(prefix="certd-api-") as tmp:
         root = Path(tmp)
-        api_port = free_port()
-        data = config_data(root, api_port, workers)
-        (root / "state").mkdir(mode=0o700)
+        storage, _ = _store.storage_config(pg)
+        ports = [free_port() for _ in range(k)]
+        datas = []
+        for i, port in enumerate(ports):
+            data = {**config_data(root, port, workers), **storage}
+            if k > 1:
+                data["state_dir"] = str(root / f"state{i}")
+            datas.append(data)
+            Path(data["state_dir"]).mkdir(mode=0o700, exist_ok=True)
         (root / "api-tokens").write_text(f"bench {TOKEN}\n")
         (root / "api-tokens").chmod(0o600)
         t0 = time.perf_counter()
-        asyncio.run(populate(root / "state" / "certd.db", args.n))
+        asyncio.run(populate(datas[0], args.n))
         print(f"store: {args.n} aliases added in {time.perf_counter() - t0:.1f} s")
-        config_path = root / "config.yaml"
-        config_path.write_text(yaml.safe_dump(data))
-        log_path = root / "certd.log"
-        with open(log_path, "w") as log:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "certd", "-c", str(config_path), "run"],
-                stdout=log, stderr=subprocess.STDOUT)
+        daemons: list[tuple[subprocess.Popen, Path]] = []
         try:
-            up = wait_for(log_path, "api listening", 120, daemon)
-            print(f"api listening after {up:.1f} s")
-            swept = wait_for(log_path, "sweep done", 900, daemon)
-            line = next(l for l in log_path.read_text().splitlines() if "sweep done" in l)
-            print(f"first sweep done {up + swept:.1f} s after start: {line.split('sweep done')[1]}")
-            children = Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()
-            workers_rss = [rss_mb(int(c)) for c in children]
-            print(f"daemon RSS after the first sweep: {rss_mb(daemon.pid):.0f} MB"
-                  + (f", API workers {', '.join(f'{r:.0f}' for r in workers_rss)} MB"
-                     if workers_rss else ""))
+            for i, data in enumerate(datas):
+                config_path = root / f"config{i}.yaml"
+                config_path.write_text(yaml.safe_dump(data))
+                log_path = root / f"certd{i}.log"
+                with open(log_path, "w") as log:
+                    daemons.append((subprocess.Popen(
+                        [sys.executable, "-m", "certd", "-c", str(config_path), "run"],
+                        stdout=log, stderr=subprocess.STDOUT), log_path))
+            t0 = time.monotonic()
+            for i, (daemon, log_path) in enumerate(daemons):
+                wait_for(log_path, "api listening", 120, daemon)
+            print(f"api listening after {time.monotonic() - t0:.1f} s")
+            for i, (daemon, log_path) in enumerate(daemons):
+                wait_for(log_path, "sweep done", 900, daemon)
+                line = next(l for l in log_path.read_text().splitlines() if "sweep done" in l)
+                print(f"instance {i}: first sweep done {time.monotonic() - t0:.1f} s after "
+                      f"start: {line.split('sweep done')[1]}")
+            settled = settle([log_path for _, log_path in daemons])
+            print(f"waited {settled:.1f} s until no sweep had run for {QUIET:.0f} s (with "
+                  "several instances, one sweeps again 10 s after finding work under another's "
+                  "lease)")
+            for i, (daemon, _) in enumerate(daemons):
+                children = Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children"
+                                ).read_text().split()
+                workers_rss = [rss_mb(int(c)) for c in children]
+                print(f"instance {i}: RSS after the first sweep: {rss_mb(daemon.pid):.0f} MB"
+                      + (f", API workers {', '.join(f'{r:.0f}' for r in workers_rss)} MB"
+                         if workers_rss else ""))
             time.sleep(1)
-            base = f"http://127.0.0.1:{api_port}"
+            bases = [f"http://127.0.0.1:{port}" for port in ports]
             rng = random.Random(7)
             one = [f"/api/v1/domains/{alias_domain(rng.randrange(args.n))}"
                    for _ in range(2000)]
@@ -307,28 +363,55 @@ def run(args: argparse.Namespace, workers: int) -> None:
                 f"/api/v1/domains?limit=100&cursor={domains[i]}"
                 for i in range(99, args.n - 100, 100)]
             gen = "wrk" if use_wrk else "aiohttp"
+            if k > 1:
+                gen += f", {k} at once, one per instance"
+            swept = [log_path.read_text().count("sweep done") for _, log_path in daemons]
+            pids = [daemon.pid for daemon, _ in daemons]
+
+            def cpu() -> tuple[float, float]:
+                return (sum(cpu_seconds(pid) for pid in pids),
+                        cpu_seconds(pg.pid) if pg is not None and pg.pid else 0.0)
+
+            def per_request(before: tuple[float, float], requests: int) -> str:
+                after = cpu()
+                return (f"   CPU per request: certd {(after[0] - before[0]) / requests * 1000:.2f}"
+                        f" ms" + (f", postgres {(after[1] - before[1]) / requests * 1000:.2f} ms"
+                                  if pg is not None else ""))
+
             for what, paths in (("GET /api/v1/domains?limit=100", pages),
                                 ("GET /api/v1/domains/<domain>", one)):
-                show(f"{what} open loop {args.rate:.0f}/s",
-                     asyncio.run(open_loop(base, paths, args.rate, args.seconds)))
+                load, before = loadavg(), cpu()
+                r = asyncio.run(open_loop(bases, paths, args.rate, args.seconds))
+                show(f"{what} open loop {args.rate:.0f}/s (load {load})", r)
+                print(per_request(before, r["requests"] + int(args.rate * 2)))  # + warm-up
+                load, before = loadavg(), cpu()
                 if use_wrk:
-                    r = wrk_run(root, base, paths, args.clients, args.seconds)
+                    r = wrk_run(root, bases, paths, args.clients, args.seconds)
                 else:
-                    r = asyncio.run(aiohttp_gets(base, paths, args.clients, args.seconds))
-                show(f"{what} saturation ({args.clients} clients, {gen})", r)
-            r = asyncio.run(post_burst(base, args.posts, args.clients, args.n))
+                    r = asyncio.run(aiohttp_gets(bases, paths, args.clients, args.seconds))
+                show(f"{what} saturation ({args.clients} clients, {gen}; load {load})", r)
+                print(per_request(before, r["requests"]))
+            load, before = loadavg(), cpu()
+            r = asyncio.run(post_burst(bases, args.posts, args.clients, args.n))
             print(f"POST /api/v1/domains x{args.posts}: {r['accepted_per_s']:.0f} accepted/s "
                   f"({r['statuses']} in {r['wall']:.2f} s), p50 {r['p50_ms']:.1f} ms, "
-                  f"p99 {r['p99_ms']:.1f} ms")
-            sweeps = log_path.read_text().count("sweep done")
-            if sweeps > 1:
-                print(f"note: {sweeps - 1} more sweep(s) ran during the measurement")
-            errors = [l for l in log_path.read_text().splitlines() if "Traceback" in l
-                      or " failed" in l and "api:" in l]
-            if errors:
-                print(f"log: {len(errors)} API error lines, first: {errors[0]}")
+                  f"p99 {r['p99_ms']:.1f} ms (load {load})")
+            print(per_request(before, args.posts) + " (the POST's store writes; the orders "
+                  "it queues fail at the unreachable CA in the main process)")
+            for i, (_, log_path) in enumerate(daemons):
+                text = log_path.read_text()
+                sweeps = text.count("sweep done") - swept[i]
+                if sweeps > 0:
+                    print(f"note: instance {i}: {sweeps} more sweep(s) ran during the "
+                          "measurement")
+                errors = [l for l in text.splitlines() if "Traceback" in l
+                          or " failed" in l and "api:" in l]
+                if errors:
+                    print(f"instance {i} log: {len(errors)} API error lines, first: "
+                          f"{errors[0]}")
         finally:
-            stop(daemon)
+            for daemon, _ in daemons:
+                stop(daemon)
 
 
 if __name__ == "__main__":

@@ -517,7 +517,8 @@ console.log(JSON.stringify(out));
 def test_polkit_rule_grants_exactly_the_reload_path():
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
-        pytest.skip("no JavaScript interpreter (node) to evaluate the polkit rule with")
+        pytest.fail("no JavaScript interpreter (node) to evaluate the polkit rule with: "
+                    "apt-get install nodejs (scripts/test does)", pytrace=False)
     manage = "org.freedesktop.systemd1.manage-units"
     cases = [
         (("certd", manage, "nginx.service", "reload"), "yes"),

@@ -17,10 +17,9 @@ from certd.model import Alias, CertificateState, CertStatus, Event, utcnow
 from certd.store import make_store
 from tests.certd_api import api_config, live_api
 from tests.lab import browser
-from tests.lab.procs import running, wait_until
+from tests.lab.procs import running
 
-pytestmark = pytest.mark.skipif(browser.available() is not None,
-                                reason=browser.available() or "")
+_browser_installed = pytest.fixture(autouse=True)(browser.require)
 
 TOKEN = "ui-browser-token-0123456789"
 N = 120  # aliases: three pages of 50
@@ -73,19 +72,7 @@ def chromium(tmp_path):
     assert len(pids) > 2 and not [p for p in pids if running(p)], pids
 
 
-def _until(predicate, what: str, timeout: float = 30):
-    from selenium.common.exceptions import (
-        NoSuchElementException,
-        StaleElementReferenceException,
-    )
-
-    def attempt():
-        try:
-            return predicate()
-        except (StaleElementReferenceException, NoSuchElementException):
-            return None
-
-    return wait_until(attempt, timeout, interval=0.05, what=what)
+_until = browser.until_rendered
 
 
 def _rows(d) -> list[str]:

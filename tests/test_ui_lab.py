@@ -24,9 +24,8 @@ from tests.certd_lab import Daemon, lab_config_data, served_serial, write_config
 from tests.lab import browser
 from tests.lab.procs import running, wait_until
 
-pytestmark = [pytest.mark.lab,
-              pytest.mark.skipif(browser.available() is not None,
-                                 reason=browser.available() or "")]
+pytestmark = pytest.mark.lab
+_browser_installed = pytest.fixture(autouse=True)(browser.require)
 
 ADMIN = "ui-lab-admin-token-0123456789"
 VIEWER = "ui-lab-view-token-0123456789"
@@ -150,19 +149,7 @@ def _no_console_errors(chromium, *expected: int) -> None:
 
 
 def _until(predicate, timeout: float, what: str):
-    """wait_until, a page re-rendered under the test (a stale element) counting as not yet."""
-    from selenium.common.exceptions import (
-        NoSuchElementException,
-        StaleElementReferenceException,
-    )
-
-    def attempt():
-        try:
-            return predicate()
-        except (StaleElementReferenceException, NoSuchElementException):
-            return None
-
-    return wait_until(attempt, timeout, interval=0.1, what=what)
+    return browser.until_rendered(predicate, what, timeout, interval=0.1)
 
 
 def _headers_strict(base: str) -> None:

@@ -37,6 +37,16 @@ def available() -> str | None:
     return None
 
 
+def require() -> None:
+    """Fail (never skip) a browser test on a machine without the browser: scripts/test
+    installs it, so its absence is a broken setup to see, not a test to leave out."""
+    import pytest
+
+    why = available()
+    if why is not None:
+        pytest.fail(why, pytrace=False)
+
+
 class Chromium:
     def __init__(self, workdir: Path, *, width: int = 1366, height: int = 900):
         from selenium import webdriver
@@ -179,3 +189,22 @@ def png_stats(path: Path) -> dict:
         prev = row
     return {"width": width, "height": height, "colours": len(colours),
             "dominant": colours.most_common(1)[0][1] / sum(colours.values())}
+
+
+def until_rendered(predicate, what: str, timeout: float = 30, interval: float = 0.05):
+    """tests.lab.procs.wait_until for a page: an element the page re-rendered under the test
+    (stale) or has not rendered yet counts as "not yet", not as a failure."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
+
+    from tests.lab.procs import wait_until
+
+    def attempt():
+        try:
+            return predicate()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return None
+
+    return wait_until(attempt, timeout, interval=interval, what=what)
