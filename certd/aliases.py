@@ -60,25 +60,33 @@ def check_validation(raw: object) -> str:
 
 
 async def check_profile(raw: object, certd: Certd) -> str | None:
-    """The ACME profile asked for (None: acme.profile applies), a usable name the CA offers
-    (certd/issuance/profiles.py). While the CA's directory cannot be read, a well-formed name
-    is accepted: it is checked again before any order."""
+    """The ACME profile asked for (None: acme.profile applies), a usable name a configured CA
+    offers (certd/issuance/profiles.py; with acme.issuers, an order goes on to the next CA
+    when one lacks it). While a CA's directory cannot be read, a well-formed name is
+    accepted: it is checked again before any order."""
     if raw is None:
         return None
     try:
         profile = profiles.check_name(raw)
     except ValueError as exc:
         raise AliasError(f"profile {exc}", kind="invalid-profile") from None
-    try:
-        available = await certd.issuer.client.profiles()
-    except AcmeError as exc:
-        log.info("aliases: profile %s not checked now (directory unavailable: %s)", profile,
-                 exc)
-        return profile
-    if available and profile not in available:
+    offers = []
+    for member in certd.issuers:
+        try:
+            available = await member.issuer.client.profiles()
+        except AcmeError as exc:
+            log.info("aliases: profile %s not checked now (directory unavailable: %s)",
+                     profile, exc)
+            return profile
+        if not available or profile in available:
+            return profile
+        offers.append(", ".join(sorted(available)))
+    if len(offers) == 1:
         raise AliasError(f"profile {profile} is not offered by the CA (it offers: "
-                         f"{', '.join(sorted(available))})", kind="invalid-profile")
-    return profile
+                         f"{offers[0]})", kind="invalid-profile")
+    raise AliasError(f"profile {profile} is not offered by any configured CA (they offer: "
+                     + "; ".join(f"{m.name}: {o}" for m, o in zip(certd.issuers, offers))
+                     + ")", kind="invalid-profile")
 
 
 def _refuse_other_profile(alias: Alias, profile: str | None) -> None:

@@ -185,15 +185,16 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _status_rows(cfg: Config) -> tuple[list[dict], dict]:
+async def _status_rows(cfg: Config) -> tuple[list[dict], dict, list[dict]]:
     async with open_certd(cfg) as certd:
         now = utcnow()
+        await certd.issuers.refresh(now)  # the CAs' cooldowns, as the store has them
         return (await certificate_views(certd, certd.specs(), now),
-                await instances.view(certd.store, now))
+                await instances.view(certd.store, now), certd.issuers.views(now))
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
-    rows, alive = asyncio.run(_status_rows(cfg))
+    rows, alive, cas = asyncio.run(_status_rows(cfg))
     if args.instances:
         if args.json:
             print(json.dumps(alive, indent=2))
@@ -226,6 +227,12 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     for r in rows:
         if r["last_error"]:
             print(f"{r['name']}: last error: {r['last_error']}", file=sys.stderr)
+    if len(cas) > 1:  # several CAs: which ones new orders skip, until when and why
+        print()
+        for ca in cas:
+            print(f"issuer {ca['name']} ({ca['directory']}): " + (
+                "healthy" if ca["healthy"] else
+                f"cooling down until {ca['cooling_until'][:19]} ({ca['reason']})"))
     print()
     _print_instances(alive)
     return 0

@@ -63,6 +63,7 @@ async def render(src: Sources) -> bytes:
         if cert is not None:
             not_after.add_metric([name], cert.not_after.timestamp())
     out.append(not_after)
+    await src.certd.issuers.refresh(now)  # the cooldowns, as the store has them
     out += _issuers(src.certd, overview, counts, now)
 
     renewals = CounterMetricFamily("certd_renewals", "Issuance attempts by result",
@@ -104,7 +105,8 @@ async def render(src: Sources) -> bytes:
 
 def _issuers(certd: Certd, overview: dict, counts: dict, now) -> list[Metric]:
     """The CAs (acme.issuers): current certificates each issued, whether this process sends
-    it new orders (not cooling down after an outage or a rate limit), orders moved on."""
+    it new orders (not cooling down after an outage or a rate limit, whichever instance saw
+    it: the cooldowns are in the store), orders moved on."""
     pool = certd.issuers
     by_issuer = GaugeMetricFamily("certd_certificates_by_issuer",
                                   "Current certificates by the CA that issued them "
@@ -117,8 +119,9 @@ def _issuers(certd: Certd, overview: dict, counts: dict, now) -> list[Metric]:
             tally[issuer] += 1
     for issuer, n in sorted(tally.items()):
         by_issuer.add_metric([issuer], n)
-    up = GaugeMetricFamily("certd_issuer_up", "1 if new orders go to this CA (this process: "
-                           "0 while it cools down after an outage, 5xx or rate limit)",
+    up = GaugeMetricFamily("certd_issuer_up", "1 if new orders go to this CA (0 while it "
+                           "cools down after an outage, 5xx or rate limit seen by any "
+                           "instance sharing the store)",
                            labels=["issuer", "name"])
     for member in pool:
         up.add_metric([member.directory, member.name], 0 if member.cooling(now) else 1)

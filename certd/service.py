@@ -101,6 +101,8 @@ class Certd:
         # the CAs in order (certd/issuance/issuers.py); `issuer` is the first one's
         self.issuers = issuer if isinstance(issuer, IssuerPool) else \
             issuers_pool.wrap(config, store, issuer)
+        if self.issuers.store is None:  # the cooldowns are kept where everything else is
+            self.issuers.store = store
         issuer = self.issuer = self.issuers.primary.issuer
         solvers = getattr(issuer, "solvers", None)  # None: a test's stand-in issuer
         for solver in solvers.all() if solvers is not None else ():
@@ -349,6 +351,7 @@ class Certd:
         with. Raises BudgetDeferred when every issuer's budget is spent, AcmeError (recorded,
         backed off) when no CA issued it."""
         name, pool, now = spec.name, self.issuers, self.clock()
+        await pool.refresh(now)  # the cooldowns any process sharing the store started
         ready, cooling = pool.candidates(now)
         if spec.challenge == ChallengeType.DNS_PERSIST01:
             # the customer's record names the first CA and its account: no fallback
@@ -394,9 +397,13 @@ class Certd:
                     log.info("certificate[%s]: ordering (%s)", name, reason,
                              extra={"event": "order.start", "certificate": name})
                     await self._set_state(name, status=CertStatus.ISSUING)
-                if this_resume is None and not ari_renewal:
-                    await member.budget.record_order(now)
                 try:
+                    if this_resume is None:
+                        # a profile this CA does not offer: refused before anything is
+                        # ordered or counted (the next CA may offer it)
+                        await self._check_profile(member, spec)
+                    if this_resume is None and not ari_renewal:
+                        await member.budget.record_order(now)
                     issued = await member.issuer.issue(spec, replaces=this_replaces,
                                                        resume=this_resume, key_pem=reuse)
                 except AcmeError as exc:
@@ -407,13 +414,13 @@ class Certd:
                     if len(pool) == 1 or why is None:
                         await self._failed(name, exc)
                         raise
-                    pool.failed(member, exc, why, self.clock())
+                    await pool.failed(member, exc, why, self.clock())
                     failures.append((f"{member.name}: {why}", exc))
                     if not last:
                         await self._fell_back(name, member, ready[i + 1], why,
                                               issuers_pool.problem_text(exc))
                     continue
-                pool.succeeded(member)
+                await pool.succeeded(member)
                 return replace(issued, issuer=member.directory), this_replaces
         if not failures:  # every issuer's budget is spent: wait for the first to free
             verdict = min(deferred, key=lambda v: v.retry_at)
@@ -440,6 +447,14 @@ class Certd:
             transient=any(e.transient for _, e in failures), identifier=last_exc.identifier)
         await self._failed(name, exc)
         raise exc
+
+    @staticmethod
+    async def _check_profile(member, spec: CertificateSpec) -> None:
+        """AcmeError (certd:profile) if `member`'s CA lists profiles but not the one `spec`
+        asks for (certd/issuance/profiles.py; the directory is cached)."""
+        profile_for = getattr(member.issuer, "profile_for", None)  # None: a test stand-in
+        if spec.profile is not None and profile_for is not None:
+            await profile_for(spec)
 
     async def _fell_back(self, name: str, member, to, why: str, detail: str) -> None:
         """An order moved from `member` to the next issuer `to`: one event, one log line."""

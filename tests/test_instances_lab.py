@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import urllib.request
 from collections import Counter
@@ -18,8 +20,14 @@ import yaml
 from cryptography import x509
 
 from certd.store.postgres import PostgresStore
-from tests.certd_lab import Daemon, lab_config_data, run_certd, served_serial, write_config
-from tests.lab.procs import free_port, stop_all
+from tests.certd_lab import (
+    Daemon,
+    lab_config_data,
+    run_certd,
+    served_serial,
+    write_config,
+)
+from tests.lab.procs import free_port, stop_all, tcp_open, wait_until
 from tests.stores import opened
 
 pytestmark = pytest.mark.lab
@@ -91,7 +99,20 @@ def start_instances(lab, db, tmp_path, certificates, pebble, count: int = 2, **o
     configs = [instance_config(lab, db, tmp_path, i, certificates, pebble, **overrides)
                for i in range(count)]
     lab.set_challenge_servers([listen for _, listen in configs])
-    return [Daemon(path, tmp_path / f"certd{i}.log") for i, (path, _) in enumerate(configs)]
+    # the CA is held (SIGSTOP) until every instance listens for challenges: on a loaded
+    # machine the first instance up could otherwise order and validate everything before
+    # the others have bound theirs, and "either instance answers" would go unseen
+    os.kill(pebble.process.pid, signal.SIGSTOP)
+    try:
+        daemons = [Daemon(path, tmp_path / f"certd{i}.log")
+                   for i, (path, _) in enumerate(configs)]
+        for _, listen in configs:
+            host, _, port = listen.rpartition(":")
+            wait_until(lambda h=host, p=int(port): tcp_open(h, p), 60, interval=0.05,
+                       what=f"a certd instance listening on {listen}")
+    finally:
+        os.kill(pebble.process.pid, signal.SIGCONT)
+    return daemons
 
 
 def wait_served_everywhere(lab, certificates: list[str], daemons: list[Daemon],
@@ -285,8 +306,9 @@ def test_kill_9_of_one_instance_mid_run_the_other_finishes(lab, postgres_databas
 def test_postgresql_restarted_mid_run_both_instances_carry_on(lab, tmp_path):
     # a private cluster (the session's is shared): stopped once the CA has issued 5 of the
     # 20, started again 2 s later; meanwhile both listeners answer a token they cached
-    from certd.model import Challenge, utcnow
     from datetime import timedelta
+
+    from certd.model import Challenge, utcnow
     from tests.lab.postgres import PostgresCluster
 
     cluster = PostgresCluster.create()
@@ -554,9 +576,6 @@ def test_an_instance_stalled_after_the_ca_issued_stores_nothing_once_taken_over(
     # (the order's key saved, nothing stored): its heartbeat stops, B takes the issue lease
     # over, resumes the order and stores the certificate. Then A is continued: its unit of
     # work finds the lease no longer its own (fencing) and stores nothing
-    import os
-    import signal
-
     db = postgres_database
     pebble = lab.start_pebble()
     certificates = names(4, prefix="stl")

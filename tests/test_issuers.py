@@ -19,11 +19,14 @@ from certd.budget import Budget
 from certd.config import BudgetConfig
 from certd.errors import AcmeError, ConfigError
 from certd.issuance import ari
+from certd.issuance.issuer import Issuer
 from certd.issuance.issuers import IssuerPool, Member, fallback_reason
+from certd.metrics import Sources, render
 from certd.model import CertStatus, utcnow
 from certd.service import BudgetDeferred, Certd
 from certd.store.memory import MemoryStore
 from certd.sweep import Sweeper
+from tests.stores import BACKENDS, SERVER_BACKENDS
 from tests.test_deploy_file import issued
 
 A = "https://ca-a.example/directory"
@@ -33,9 +36,12 @@ E = "urn:ietf:params:acme:error:"
 
 class FakeCA:
     """An Issuer stand-in: each issue() takes the next scripted outcome (an AcmeError to
-    raise, or None to issue); records what it was asked."""
+    raise, or None to issue); records what it was asked. Its directory lists `profiles`
+    (Issuer's own profile_for checks them)."""
 
-    def __init__(self, directory: str, *outcomes, ari: bool = False):
+    profile_for = Issuer.profile_for
+
+    def __init__(self, directory: str, *outcomes, ari: bool = False, profiles=()):
         self.outcomes = list(outcomes)
         self.calls: list[dict] = []
         self.revoked: list[str] = []
@@ -49,8 +55,12 @@ class FakeCA:
             self.renewal_info_asked.append(cid)
             return None
 
+        async def listed():
+            return list(profiles)
+
         self.client = SimpleNamespace(directory_url=directory, account_uri=f"{directory}/acct/1",
-                                      offers_ari=offers_ari, renewal_info=renewal_info)
+                                      offers_ari=offers_ari, renewal_info=renewal_info,
+                                      profiles=listed)
 
     async def issue(self, spec, *, replaces=None, resume=None, key_pem=None):
         self.calls.append({"replaces": replaces, "resume": resume})
@@ -198,6 +208,119 @@ async def test_a_refused_name_goes_to_the_next_ca_without_cooling_the_first(tmp_
     assert (await _events(store, "issue.fallback"))[0].data["reason"] == "rejectedIdentifier"
     # a refusal is about that name: the CA itself stays first in line
     assert (await force(certd)).issuer == A
+
+
+async def _orders_counted(store, directory):
+    return await store.ledger_times("order", directory, utcnow() - timedelta(days=1))
+
+
+async def test_a_profile_one_ca_lacks_moves_the_order_to_the_next_that_offers_it(tmp_path,
+                                                                                  store):
+    a = FakeCA(A, profiles=("classic",))
+    b = FakeCA(B, profiles=("classic", "shortlived"))
+    certd = _certd(_config(tmp_path, profile="shortlived"), store, a, b)
+    assert (await force(certd)).issuer == B
+    assert a.calls == [] and len(b.calls) == 1
+    [event] = await _events(store, "issue.fallback")
+    assert event.data["reason"] == "profile" and event.data["from"] == A
+    assert "'shortlived' is not offered by" in event.data["detail"]
+    # nothing was ordered from a: nothing counted against its budget, and no cooldown (the
+    # CA is well; it lacks that profile)
+    assert await _orders_counted(store, A) == [] and len(await _orders_counted(store, B)) == 1
+    assert await store.issuer_cooldowns(utcnow()) == {}
+    assert certd.issuers.views(utcnow())[0]["healthy"] is True
+    # each order asks again (no cooldown): a is still first in line, still without it
+    assert (await force(certd)).issuer == B
+    assert a.calls == [] and len(await _events(store, "issue.fallback")) == 2
+
+
+async def test_a_profile_no_ca_offers_is_one_clear_error(tmp_path, store):
+    a, b = FakeCA(A, profiles=("classic",)), FakeCA(B, profiles=("tlsserver",))
+    certd = _certd(_config(tmp_path, profile="shortlived"), store, a, b)
+    with pytest.raises(AcmeError) as caught:
+        await force(certd)
+    message = str(caught.value)
+    assert message.startswith("acme: no issuer could order it: a: profile")
+    assert "b: profile" in message and caught.value.type == "certd:profile"
+    assert not caught.value.transient and a.calls == [] and b.calls == []
+    assert await _orders_counted(store, A) == [] and await _orders_counted(store, B) == []
+    assert await store.issuer_cooldowns(utcnow()) == {}
+
+
+async def test_one_issuer_without_the_profile_keeps_the_clear_error(tmp_path, store):
+    a = FakeCA(A, profiles=("classic", "tlsserver"))
+    certd = Certd(_config(tmp_path, single=True, profile="shortlived"), store, a, {},
+                  clock=Clock())
+    with pytest.raises(AcmeError) as caught:
+        await force(certd)
+    assert caught.value.type == "certd:profile"
+    assert str(caught.value).startswith("acme[shop]: profile 'shortlived' is not offered by "
+                                        f"{A} (it offers: classic, tlsserver); nothing ordered")
+    assert a.calls == [] and await _orders_counted(store, A) == []
+    assert await _events(store, "issue.fallback") == []
+    assert (await store.get_state("shop")).status is CertStatus.FAILED
+
+
+async def test_an_alias_may_ask_for_a_profile_any_configured_ca_offers(tmp_path, store):
+    from certd.aliases import check_profile
+    from certd.errors import AliasError
+
+    a, b = FakeCA(A, profiles=("classic",)), FakeCA(B, profiles=("classic", "shortlived"))
+    certd = _certd(_config(tmp_path), store, a, b)
+    assert await check_profile("shortlived", certd) == "shortlived"  # b offers it
+    with pytest.raises(AliasError) as caught:
+        await check_profile("tlsserver", certd)
+    assert caught.value.kind == "invalid-profile"
+    assert str(caught.value) == ("profile tlsserver is not offered by any configured CA (they "
+                                 "offer: a: classic; b: classic, shortlived)")
+    with pytest.raises(AliasError) as caught:
+        await check_profile("\u202eevil\nname", certd)
+    assert "\u202e" not in str(caught.value) and caught.value.kind == "invalid-profile"
+
+
+@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.lab] if name in SERVER_BACKENDS
+                                     else []) for name in ("memory", "sqlite", "postgresql")])
+async def shared_stores(request):
+    """Two handles on one store, as two instances sharing it hold (tests/stores.py)."""
+    async with BACKENDS[request.param](request) as opener, opener() as one, opener() as two:
+        yield one, two
+
+
+async def test_a_cooldown_is_seen_by_every_process_sharing_the_store(tmp_path, shared_stores):
+    """One instance finds a down: the other skips it with no failed order of its own, its
+    status and metrics show it, and when the cooldown ends both order from a again."""
+    clock = Clock()
+    down = AcmeError("acme: POST https://ca-a.example/new-order: ConnectionRefused",
+                     type="certd:unreachable", transient=True)
+    a1, b1, a2, b2 = FakeCA(A, down), FakeCA(B), FakeCA(A), FakeCA(B)
+    cfg = _config(tmp_path)
+    one = _certd(cfg, shared_stores[0], a1, b1, clock=clock)
+    two = _certd(cfg, shared_stores[1], a2, b2, clock=clock)
+    assert (await force(one)).issuer == B and len(a1.calls) == 1
+
+    clock.now += timedelta(minutes=1)
+    assert (await force(two)).issuer == B
+    assert a2.calls == [] and len(b2.calls) == 1  # no failed order of its own
+    [cooling] = (await shared_stores[1].issuer_cooldowns(clock.now)).items()
+    assert cooling[0] == A and cooling[1][1].startswith("down: ")
+    assert "ConnectionRefused" in cooling[1][1]
+    view = two.issuers.views(clock.now)[0]
+    assert view["healthy"] is False and view["reason"].startswith("down: ")
+    assert two.issuers.members[0].cooling_until == one.issuers.members[0].cooling_until
+    # /metrics of any process reads the store (the cooldown is real time here: shift it)
+    await shared_stores[0].set_issuer_cooldown(A, utcnow() + timedelta(minutes=5),
+                                               cooling[1][1])
+    metrics = (await render(Sources(two))).decode()
+    assert f'certd_issuer_up{{issuer="{A}",name="a"}} 0.0' in metrics
+    assert f'certd_issuer_up{{issuer="{B}",name="b"}} 1.0' in metrics
+
+    # the cooldown is over for both: a takes the orders again, and its success clears it
+    clock.now += timedelta(minutes=5)
+    assert (await force(two)).issuer == A and len(a2.calls) == 1
+    assert (await force(one)).issuer == A and len(a1.calls) == 2
+    await shared_stores[0].set_issuer_cooldown(A, None)
+    metrics = (await render(Sources(one))).decode()
+    assert f'certd_issuer_up{{issuer="{A}",name="a"}} 1.0' in metrics
 
 
 async def test_a_failed_validation_does_not_move_the_order(tmp_path, store):
@@ -441,14 +564,21 @@ def test_status_shows_the_issuer(tmp_path, capsys):
         async with open_certd(configuration.load(path)) as certd:
             await certd.store.add_certificate(
                 replace(issued("shop", "shop.example.org"), issuer=B))
+            # a cooldown another process started (the daemon): status reads it in the store
+            await certd.store.set_issuer_cooldown(A, utcnow() + timedelta(minutes=5),
+                                                  "down: acme: POST x: ConnectionRefused")
 
     asyncio.run(seed())
     assert cli.main(["-c", str(path), "status", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["issuer"] == B and row["issuer_name"] == "b"
     assert cli.main(["-c", str(path), "status"]) == 0
-    header, line = capsys.readouterr().out.splitlines()[:2]
+    lines = capsys.readouterr().out.splitlines()
+    header, line = lines[:2]
     assert header.split()[-1] == "ISSUER" and line.split()[-1] == "b"
+    [cooling] = [x for x in lines if x.startswith(f"issuer a ({A}): cooling down until ")]
+    assert cooling.endswith("(down: acme: POST x: ConnectionRefused)")
+    assert f"issuer b ({B}): healthy" in lines
 
 
 def test_changing_the_issuers_needs_a_restart():

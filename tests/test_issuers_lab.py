@@ -5,7 +5,8 @@ new orders go to pebble again. ARI is asked only of the CA that issued a certifi
 (acme2certifier offers it, Debian's pebble does not: its renewalInfo requests are counted in
 acme2certifier's request log), a renewal ordered from the other CA carries no `replaces`,
 and revocation goes to the issuing CA. A name pebble refuses (its domain blocklist: rejectedIdentifier) goes to
-acme2certifier without cooling pebble down. Preflight's CAA check accepts either CA. The
+acme2certifier without cooling pebble down. The cooldown is in the store: a second instance
+on it skips pebble with no failed order of its own. Preflight's CAA check accepts either CA. The
 pool's decisions one by one, with scripted CAs: tests/test_issuers.py."""
 
 from __future__ import annotations
@@ -103,10 +104,17 @@ async def _run(lab, pebble, a2c, tmp_path):
         assert state.window_start is not None and _renewal_info_requests(a2c) == asked + 1
 
         # pebble back: while it cools down (5 minutes on certd's clock), orders still go to
-        # acme2certifier; after, to pebble again
+        # acme2certifier, from every instance sharing the store: a second one, which saw no
+        # failure and would find pebble answering, skips it (the cooldown is in the store)
         await asyncio.to_thread(pebble.start)
-        assert (await certd.renew("four")).issuer == a2c.directory_url
-        assert a2c.count_new_orders() == 3
+        before = pebble.count_new_orders()
+        async with open_certd(cfg) as other:
+            assert (await other.renew("four")).issuer == a2c.directory_url
+            assert pebble.count_new_orders() == before and a2c.count_new_orders() == 3
+            assert await other.store.events(kind="issue.fallback", certificate="four") == []
+            scrape = (await metrics.render(metrics.Sources(other))).decode()
+            assert (f'certd_issuer_up{{issuer="{pebble.directory_url}",name="pebble"}} 0.0'
+                    in scrape)
         certd.clock = lambda: utcnow() + timedelta(minutes=6)
         before = pebble.count_new_orders()
         back = await certd.renew("five")

@@ -343,6 +343,28 @@ async def test_records_read_back_are_the_stores_own(store):
     assert (await store.events_since(0))[0].data == {"list": [1, 2], "n": 1}
 
 
+# --- CAs cooling down (acme.issuers) --------------------------------------------------
+
+async def test_issuer_cooldowns(store):
+    a, b = "https://ca-a.example/dir", "https://ca-b.example/dir"
+    assert await store.issuer_cooldowns(T0) == {}
+    await store.set_issuer_cooldown(a, T0 + timedelta(minutes=5), "down: refused")
+    await store.set_issuer_cooldown(b, T0 + timedelta(minutes=1), "rateLimited: slow")
+    assert await store.issuer_cooldowns(T0) == {
+        a: (T0 + timedelta(minutes=5), "down: refused"),
+        b: (T0 + timedelta(minutes=1), "rateLimited: slow")}
+    # a cooldown is over at its end; a second one replaces the first
+    assert list(await store.issuer_cooldowns(T0 + timedelta(minutes=1))) == [a]
+    await store.set_issuer_cooldown(a, T0 + timedelta(minutes=2), "5xx: 503")
+    until, reason = (await store.issuer_cooldowns(T0))[a]
+    assert (until, reason) == (T0 + timedelta(minutes=2), "5xx: 503")
+    assert until.utcoffset() == timedelta(0)
+    # ended early (the CA answered); idempotent
+    await store.set_issuer_cooldown(a, None)
+    await store.set_issuer_cooldown(a, None)
+    assert list(await store.issuer_cooldowns(T0)) == [b]
+
+
 # --- leases ----------------------------------------------------------------------------
 
 async def test_leases(store):
@@ -999,7 +1021,12 @@ async def test_metrics_counters_survive_a_purge(store):
     async def samples() -> dict:
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = (await render(Sources(SimpleNamespace(store=store, issuers=[])))).decode()
+        class NoIssuers(list):  # a pool without CAs: this test reads the event counters
+            async def refresh(self, now):
+                pass
+
+        text = (await render(Sources(SimpleNamespace(store=store,
+                                                     issuers=NoIssuers())))).decode()
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -3,16 +3,17 @@ certificate belongs to.
 
 A new order goes to the first issuer that is not cooling down and has budget. A CA that is
 down (connection refused, timeouts), answers 5xx or `rateLimited`, or refuses a name
-(`rejectedIdentifier`, `caa`) moves the order to the next one; the first three also start a
-cooldown for that CA (its Retry-After when it sends one, else `acme.issuer_cooldown`), during
-which new orders skip it; after it, the CA is tried again, and once it answers it takes the
-new orders again. A single issuer is never skipped: with one CA, certd behaves as it always
+(`rejectedIdentifier`, `caa`) or does not offer the certificate's ACME profile (`profile`)
+moves the order to the next one; the first three also start a cooldown for that CA (its
+Retry-After when it sends one, else `acme.issuer_cooldown`), during which new orders skip
+it; after it, the CA is tried again, and once it answers it takes the new orders again. A single issuer is never skipped: with one CA, certd behaves as it always
 did (the certificate's own backoff spaces the attempts).
 
 What a certificate's issuer does after issuance stays with that CA: ARI (renewalInfo), the
-`replaces` of its renewal, its revocation (`for_certificate`). The cooldowns live in this
-process (each instance sharing a store learns on its own; a CA that is down is found out by
-one failed order per instance).
+`replaces` of its renewal, its revocation (`for_certificate`). The cooldowns live in the
+store (`Store.set_issuer_cooldown`, one row per CA): every process sharing it reads them
+before it chooses a CA (`IssuerPool.refresh`), so an outage one instance saw costs the others
+no failed order, and status and metrics show it from any process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from yarl import URL
 from certd.budget import Budget
 from certd.config import Config, IssuerConfig
 from certd.errors import AcmeError
+from certd.issuance import profiles
 from certd.issuance.client import AcmeClient
 from certd.issuance.issuer import Issuer
 from certd.issuance.untrusted import clean_text
@@ -40,11 +42,13 @@ SERVER_ERROR = "5xx"
 RATE_LIMITED = "rateLimited"
 COOLING = (DOWN, SERVER_ERROR, RATE_LIMITED)  # the CA as a whole: skip it for a while
 REFUSED = ("rejectedIdentifier", "caa")  # this name at this CA: the next one may take it
+PROFILE = "profile"  # this CA does not offer the profile asked for: the next one may
 
 
 def fallback_reason(exc: AcmeError) -> str | None:
-    """Why an order that failed with `exc` should go to the next issuer (one of COOLING or
-    REFUSED), or None if the next CA would fail it too (validation, our own config...)."""
+    """Why an order that failed with `exc` should go to the next issuer (one of COOLING,
+    REFUSED or PROFILE), or None if the next CA would fail it too (validation, our own
+    config...)."""
     if exc.type in ("certd:unreachable", "certd:timeout"):
         return DOWN
     if exc.code == RATE_LIMITED:
@@ -53,6 +57,8 @@ def fallback_reason(exc: AcmeError) -> str | None:
         return SERVER_ERROR
     if exc.code in REFUSED:
         return exc.code
+    if exc.type == profiles.ERROR_TYPE:
+        return PROFILE
     return None
 
 
@@ -66,6 +72,7 @@ class Member:
     issuer: Issuer
     budget: Budget
     caa_identities: tuple[str, ...]
+    # as the store said at the last IssuerPool.refresh (or as this process just wrote it)
     cooling_until: datetime | None = None
     cooling_reason: str = ""  # why, cleaned CA text included (it is shown and logged)
 
@@ -89,13 +96,27 @@ def _origin(url: str) -> tuple[str, str, int | None] | None:
 
 
 class IssuerPool:
-    """The configured CAs, in order."""
+    """The configured CAs, in order. Their cooldowns are kept in `store` (Certd gives the
+    pool its store when the caller did not)."""
 
-    def __init__(self, members: list[Member], *, cooldown: timedelta = timedelta(minutes=5)):
+    def __init__(self, members: list[Member], *, cooldown: timedelta = timedelta(minutes=5),
+                 store=None):
         if not members:
             raise ValueError("an issuer pool needs at least one issuer")
         self.members = members
         self.cooldown = cooldown
+        self.store = store
+
+    async def refresh(self, now: datetime) -> None:
+        """Read the cooldowns from the store (whichever process started them): before an
+        order chooses a CA, and before status and metrics show them. A single issuer is
+        never skipped, so it has nothing to read."""
+        if self.store is None or len(self.members) == 1:
+            return
+        held = await self.store.issuer_cooldowns(now)
+        for member in self.members:
+            member.cooling_until, member.cooling_reason = held.get(member.directory,
+                                                                   (None, ""))
 
     @property
     def primary(self) -> Member:
@@ -147,9 +168,9 @@ class IssuerPool:
         ready = [m for m in self.members if not m.cooling(now)]
         return ready, [m for m in self.members if m.cooling(now)]
 
-    def failed(self, member: Member, exc: AcmeError, reason: str, now: datetime) -> None:
+    async def failed(self, member: Member, exc: AcmeError, reason: str, now: datetime) -> None:
         """`member` failed an order for `reason` (fallback_reason): a cooldown if the CA as a
-        whole is unwell (never for a single issuer)."""
+        whole is unwell (never for a single issuer), in the store for every process."""
         if reason not in COOLING or len(self.members) == 1:
             return
         wait = self.cooldown
@@ -158,14 +179,20 @@ class IssuerPool:
                                                   MAX_COOLDOWN.total_seconds())))
         member.cooling_until = now + wait
         member.cooling_reason = f"{reason}: {clean_text(str(exc), 200)}"
+        if self.store is not None:
+            await self.store.set_issuer_cooldown(member.directory, member.cooling_until,
+                                                 member.cooling_reason)
         log.warning("issuer[%s]: %s; new orders skip it until %s", member.name,
                     member.cooling_reason, member.cooling_until.isoformat(timespec="seconds"),
                     extra={"event": "issuer.cooling", "issuer": member.directory})
 
-    def succeeded(self, member: Member) -> None:
+    async def succeeded(self, member: Member) -> None:
+        """`member` issued: a cooldown it had (read at the last refresh) ends for all."""
         if member.cooling_until is not None:
             log.info("issuer[%s]: answering again; new orders go to it", member.name,
                      extra={"event": "issuer.healthy", "issuer": member.directory})
+            if self.store is not None:
+                await self.store.set_issuer_cooldown(member.directory, None)
         member.cooling_until = None
         member.cooling_reason = ""
 
@@ -183,7 +210,7 @@ def wrap(config: Config, store, issuer: Issuer | None) -> IssuerPool:
     ic = config.acme.issuer_list()[0]
     return IssuerPool([Member(0, ic.label, ic.directory, issuer,
                               member_budget(config, store, ic, 0), tuple(ic.caa_identities))],
-                      cooldown=config.acme.issuer_cooldown)
+                      cooldown=config.acme.issuer_cooldown, store=store)
 
 
 def build_pool(config: Config, store, session, *, secrets: dict[int, str] | None = None,
@@ -204,7 +231,7 @@ def build_pool(config: Config, store, session, *, secrets: dict[int, str] | None
                         **issuer_options)
         members.append(Member(i, ic.label, ic.directory, issuer,
                               member_budget(config, store, ic, i), tuple(ic.caa_identities)))
-    return IssuerPool(members, cooldown=acme.issuer_cooldown)
+    return IssuerPool(members, cooldown=acme.issuer_cooldown, store=store)
 
 
 def member_budget(config: Config, store, ic: IssuerConfig, index: int) -> Budget:

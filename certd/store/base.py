@@ -280,6 +280,18 @@ class Store(Protocol):
         died); returns how many. Idempotent."""
         ...
 
+    # CAs cooling down (acme.issuers, certd/issuance/issuers.py): one row per directory,
+    # read by every process before it chooses a CA, and by status and metrics
+    async def set_issuer_cooldown(self, directory: str, until: datetime | None,
+                                  reason: str = "") -> None:
+        """New orders skip the CA at `directory` until `until`, for `reason` (replacing a
+        cooldown it had); `until` None ends its cooldown. Idempotent."""
+        ...
+
+    async def issuer_cooldowns(self, now: datetime) -> dict[str, tuple[datetime, str]]:
+        """The CAs cooling down at `now`: directory -> (until, reason)."""
+        ...
+
     # instances sharing the store: one heartbeat row each (certd/instances.py)
     async def heartbeat(self, instance: Instance, forget_before: datetime) -> None:
         """Insert or replace the row of `instance.id`; drop rows last seen before

@@ -85,6 +85,7 @@ class MemoryData:
         self.event_counts: dict[str, int] = {}
         self.leases: dict[str, tuple[str, datetime]] = {}  # name -> (owner, expires_at)
         self.instances: dict[str, Instance] = {}
+        self.cooldowns: dict[str, tuple[datetime, str]] = {}  # directory -> (until, reason)
         self.alerts: dict[str, Alert] = {}
         self.tokens: dict[str, _Token] = {}
         # bumped by every write to what an alias or certificate view shows (the SQL stores'
@@ -507,6 +508,20 @@ class MemoryStore:
     async def purge_leases(self, now: datetime) -> int:
         now = _utc(now)
         return _drop((await self._db()).leases, lambda held: held[1] <= now)
+
+    # CAs cooling down
+    async def set_issuer_cooldown(self, directory: str, until: datetime | None,
+                                  reason: str = "") -> None:
+        db = await self._db()
+        if until is None:
+            db.cooldowns.pop(directory, None)
+        else:
+            db.cooldowns[directory] = (_utc(until), reason)
+
+    async def issuer_cooldowns(self, now: datetime) -> dict[str, tuple[datetime, str]]:
+        now = _utc(now)
+        held = (await self._read()).cooldowns
+        return {d: held[d] for d in sorted(held) if held[d][0] > now}
 
     # instances
     async def heartbeat(self, instance: Instance, forget_before: datetime) -> None:

@@ -199,4 +199,10 @@ MIGRATIONS: list[list[str]] = [
         # the rollout saw the node serve the deployed serial; NULL: not verified
         "ALTER TABLE deployments ADD COLUMN verified_at TEXT",
     ],
+    [  # 14: CAs cooling down (issue 14, item 2): every process sharing the store skips them
+        """CREATE TABLE issuer_cooldowns (
+            directory TEXT PRIMARY KEY,
+            until TEXT NOT NULL,
+            reason TEXT NOT NULL)""",
+    ],
 ]

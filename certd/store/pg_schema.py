@@ -239,6 +239,12 @@ MIGRATIONS: list[list[str]] = [
         # the rollout saw the node serve the deployed serial; NULL: not verified
         "ALTER TABLE deployments ADD COLUMN verified_at timestamptz",
     ],
+    [  # 9: CAs cooling down (issue 14, item 2): every instance sharing the database skips them
+        """CREATE TABLE issuer_cooldowns (
+            directory text PRIMARY KEY,
+            until timestamptz NOT NULL,
+            reason text NOT NULL)""",
+    ],
 ]
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

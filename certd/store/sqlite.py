@@ -34,7 +34,13 @@ from certd.model import (
 )
 from certd.store.base import BundleGrant, matching_digest
 from certd.store.migrations import MIGRATIONS, newer_schema
-from certd.store.rows import SQLITE, Mappers
+from certd.store.rows import (
+    SQLITE,
+    Mappers,
+    collector_paused,
+    overview_done,
+    overview_into,
+)
 from certd.store.sealing import KeyRing, Sealer, reseal_sql
 
 log = logging.getLogger(__name__)
@@ -409,13 +415,14 @@ class SqliteStore:
     async def list_aliases(self, *, limit: int | None = None, after: str | None = None
                            ) -> list[Alias]:
         # two statements, not '(? IS NULL OR domain > ?)': that one scans and sorts the table
-        if after is None:
-            rows = await self._all("SELECT * FROM aliases ORDER BY domain LIMIT ?",
-                                   (-1 if limit is None else limit,))
-        else:
-            rows = await self._all("SELECT * FROM aliases WHERE domain > ? ORDER BY domain "
-                                   "LIMIT ?", (after, -1 if limit is None else limit))
-        return [ROWS.alias(r) for r in rows]
+        with collector_paused():  # all of them, before every sweep (rows.collector_paused)
+            if after is None:
+                rows = await self._all("SELECT * FROM aliases ORDER BY domain LIMIT ?",
+                                       (-1 if limit is None else limit,))
+            else:
+                rows = await self._all("SELECT * FROM aliases WHERE domain > ? ORDER BY domain "
+                                       "LIMIT ?", (after, -1 if limit is None else limit))
+            return [ROWS.alias(r) for r in rows]
 
     async def alias_statuses(self) -> dict[str, str]:
         return {r[0]: r[1] for r in await self._all(
@@ -492,13 +499,11 @@ class SqliteStore:
     async def overview(self) -> dict[str, tuple[CertSummary | None, CertificateState | None,
                                                 AriState | None]]:
         out: dict[str, list] = {}
-        for r in await self._all(_LATEST_CERTS.format(where="")):
-            out.setdefault(r[0], [None, None, None])[0] = ROWS.summary(r)
-        for r in await self._all("SELECT * FROM cert_state"):
-            out.setdefault(r["name"], [None, None, None])[1] = ROWS.state(r)
-        for r in await self._all("SELECT * FROM ari"):
-            out.setdefault(r["name"], [None, None, None])[2] = ROWS.ari(r)
-        return {name: tuple(v) for name, v in out.items()}
+        with collector_paused():  # ~250,000 rows at 100,000 names (rows.collector_paused)
+            overview_into(out, 0, ROWS.summary, await self._all(_LATEST_CERTS.format(where="")))
+            overview_into(out, 1, ROWS.state, await self._all("SELECT * FROM cert_state"))
+            overview_into(out, 2, ROWS.ari, await self._all("SELECT * FROM ari"))
+            return overview_done(out)
 
     async def details(self, names: Sequence[str]) -> dict[str, CertDetails]:
         names = list(dict.fromkeys(names))
@@ -672,6 +677,22 @@ class SqliteStore:
 
     async def purge_leases(self, now: datetime) -> int:
         return await self._exec("DELETE FROM leases WHERE expires_at <= ?", (_ts(now),))
+
+    # CAs cooling down (issue 14, item 2)
+    async def set_issuer_cooldown(self, directory: str, until: datetime | None,
+                                  reason: str = "") -> None:
+        if until is None:
+            await self._exec("DELETE FROM issuer_cooldowns WHERE directory = ?", (directory,))
+            return
+        await self._exec(
+            "INSERT INTO issuer_cooldowns (directory, until, reason) VALUES (?, ?, ?) "
+            "ON CONFLICT(directory) DO UPDATE SET until = excluded.until, "
+            "reason = excluded.reason", (directory, _ts(until), reason))
+
+    async def issuer_cooldowns(self, now: datetime) -> dict[str, tuple[datetime, str]]:
+        rows = await self._all("SELECT directory, until, reason FROM issuer_cooldowns "
+                               "WHERE until > ? ORDER BY directory", (_ts(now),))
+        return {r["directory"]: (_dt(r["until"]), r["reason"]) for r in rows}
 
     # instances sharing the store (issue 13, item 7)
     async def heartbeat(self, instance: Instance, forget_before: datetime) -> None:
