@@ -77,7 +77,7 @@ class PreflightResult:
     checks: tuple[str, ...] = ()  # what was checked, for the event log
 
 
-class _Fail(Exception):
+class CheckFailed(Exception):
     """A check failed; the message is the reason (fixed words, nothing the peer sent)."""
 
 
@@ -110,7 +110,7 @@ async def preflight(
     domain = domain.rstrip(".").lower()
     token = secrets.token_urlsafe(32)
     key_authorization = token + "." + secrets.token_urlsafe(32)
-    res = _resolver(resolver, timeout)
+    res = make_resolver(resolver, timeout)
     own_session = session is None
     try:
         await store.put_challenge(Challenge(
@@ -150,20 +150,20 @@ async def _node_path(probe: _Probe, name: str, address: str, port: int) -> str:
     where = f"node {name} ({_hostport(address, port)})"
     try:
         await probe.fetch(address, port, pinned=True)
-    except _Fail as exc:
-        raise _Fail(f"{where}: {exc}") from None
+    except CheckFailed as exc:
+        raise CheckFailed(f"{where}: {exc}") from None
     return f"{where}: served the probe"
 
 
 async def _dns_path(probe: _Probe) -> list[str]:
     """The probe through every address the name's own DNS gives, as the CA would go."""
     domain = probe.domain
-    addresses = await _addresses(probe.res, domain)
+    addresses = await dns_addresses(probe.res, domain)
     if not addresses:
-        raise _Fail(f"DNS: no A/AAAA record for {domain}")
+        raise CheckFailed(f"DNS: no A/AAAA record for {domain}")
     if not all(address_allowed(a, probe.allow) for a in addresses):
         # the addresses themselves are not shown: an internal resolver may have chosen them
-        raise _Fail(f"DNS: {domain} resolves to a non-public address (certd does not "
+        raise CheckFailed(f"DNS: {domain} resolves to a non-public address (certd does not "
                     f"connect there, and a public CA would not either)")
     done = [f"DNS: {domain} -> {', '.join(addresses)}"]
 
@@ -171,8 +171,8 @@ async def _dns_path(probe: _Probe) -> list[str]:
         where = f"DNS path {domain} -> {_hostport(address, probe.http_port)}"
         try:
             await probe.fetch(address, probe.http_port)
-        except _Fail as exc:
-            raise _Fail(f"{where}: {exc}") from None
+        except CheckFailed as exc:
+            raise CheckFailed(f"{where}: {exc}") from None
         return f"{where}: served the probe"
 
     results = await asyncio.gather(*(one(a) for a in addresses), return_exceptions=True)
@@ -190,7 +190,7 @@ def _fold(domain: str, results: list) -> PreflightResult:
     for r in results:
         if isinstance(r, asyncio.CancelledError):
             raise r
-        if isinstance(r, _Fail):
+        if isinstance(r, CheckFailed):
             reason = reason or str(r)
         elif isinstance(r, BaseException):
             # a bug, not a verdict: the exception text may hold peer bytes, so only the type
@@ -209,7 +209,7 @@ async def _bounded(job, limit: float):
     try:
         return await asyncio.wait_for(job, limit)
     except TimeoutError:
-        raise _Fail(f"preflight: gave up after {limit:g}s") from None
+        raise CheckFailed(f"preflight: gave up after {limit:g}s") from None
 
 
 def _hostport(address: str, port: int) -> str:
@@ -276,7 +276,7 @@ class _Probe:
         self.allow = allow
 
     async def fetch(self, address: str, port: int, *, pinned: bool = False) -> None:
-        """Fetch the probe through ``address:port`` as the CA would; raise _Fail.
+        """Fetch the probe through ``address:port`` as the CA would; raise CheckFailed.
 
         ``pinned``: ``address`` is a configured node, trusted while the hops stay on it.
         Every other address (from DNS, from a redirect) must pass :func:`address_allowed`
@@ -286,21 +286,21 @@ class _Probe:
         connect = (address, port)  # where url's host:port really goes
         for hop in range(MAX_REDIRECTS + 1):
             if not pinned and not address_allowed(connect[0], self.allow):
-                raise _Fail("redirect to a non-public address" if hop
+                raise CheckFailed("redirect to a non-public address" if hop
                             else "not a public address")
             status, location, body = await self._get(url, *connect)
             if status in REDIRECTS:
                 if hop == MAX_REDIRECTS:
-                    raise _Fail(f"more than {MAX_REDIRECTS} redirects")
+                    raise CheckFailed(f"more than {MAX_REDIRECTS} redirects")
                 if not location:
-                    raise _Fail(f"HTTP {status} redirect without a Location")
+                    raise CheckFailed(f"HTTP {status} redirect without a Location")
                 url, connect, moved = await self._follow(url, location, connect, port)
                 pinned = pinned and not moved
                 continue
             if status != 200:
-                raise _Fail(f"HTTP {status}" + (f" after {hop} redirect(s)" if hop else ""))
+                raise CheckFailed(f"HTTP {status}" + (f" after {hop} redirect(s)" if hop else ""))
             if body.rstrip() != self.key_authorization:
-                raise _Fail(WRONG_BODY)
+                raise CheckFailed(WRONG_BODY)
             return
 
     async def _follow(self, url: URL, location: str, connect: tuple[str, int],
@@ -312,14 +312,14 @@ class _Probe:
             host = (new.host or "").rstrip(".").lower()
             explicit_port = new.explicit_port
         except (ValueError, TypeError, UnicodeError):
-            raise _Fail("redirect with an unusable Location") from None
+            raise CheckFailed("redirect with an unusable Location") from None
         if new.scheme not in ("http", "https"):
-            raise _Fail("redirect to another scheme: CAs only follow http and https")
+            raise CheckFailed("redirect to another scheme: CAs only follow http and https")
         default = 80 if new.scheme == "http" else 443
         if explicit_port not in (None, default):
-            raise _Fail("redirect to another port: CAs only follow ports 80 and 443")
+            raise CheckFailed("redirect to another port: CAs only follow ports 80 and 443")
         if not host:
-            raise _Fail("redirect with an unusable Location")
+            raise CheckFailed("redirect with an unusable Location")
         moved = host != (url.host or "").rstrip(".").lower()
         address = await self._resolve_redirect(host) if moved else connect[0]
         if new.scheme == "http":
@@ -337,11 +337,11 @@ class _Probe:
         except ValueError:
             pass
         try:
-            addresses = await _addresses(self.res, host, shown="the redirect's host")
-        except _Fail as exc:
-            raise _Fail(f"redirect: {exc}") from None
+            addresses = await dns_addresses(self.res, host, shown="the redirect's host")
+        except CheckFailed as exc:
+            raise CheckFailed(f"redirect: {exc}") from None
         if not addresses:
-            raise _Fail("redirect to a name without an A/AAAA record")
+            raise CheckFailed("redirect to a name without an A/AAAA record")
         return addresses[0]
 
     async def _get(self, url: URL, address: str, port: int) -> tuple[int, str, bytes]:
@@ -365,12 +365,12 @@ class _Probe:
                     body += chunk
                 return resp.status, resp.headers.get("Location", ""), body
         except TimeoutError:
-            raise _Fail(f"no answer within {self.timeout:g}s") from None
+            raise CheckFailed(f"no answer within {self.timeout:g}s") from None
         except aiohttp.ClientConnectorError as exc:
             error = exc.os_error
-            raise _Fail(f"cannot connect: {error.strerror or type(error).__name__}") from None
+            raise CheckFailed(f"cannot connect: {error.strerror or type(error).__name__}") from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise _Fail(_http_error(exc)) from None
+            raise CheckFailed(_http_error(exc)) from None
 
 
 # what went wrong, in fixed words: the exceptions' own text may carry the peer's bytes
@@ -396,7 +396,7 @@ def _http_error(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------- DNS
 
 
-def _resolver(resolver: tuple[str, int] | None, timeout: float) -> dns.asyncresolver.Resolver:
+def make_resolver(resolver: tuple[str, int] | None, timeout: float) -> dns.asyncresolver.Resolver:
     if resolver is None:
         res = dns.asyncresolver.Resolver()
     else:
@@ -408,8 +408,8 @@ def _resolver(resolver: tuple[str, int] | None, timeout: float) -> dns.asyncreso
     return res
 
 
-async def _query(res, name: str, rdtype: str, shown: str | None = None):
-    """The answer RRset or None (NXDOMAIN / no data); raise _Fail on SERVFAIL or timeout.
+async def dns_query(res, name: str, rdtype: str, shown: str | None = None):
+    """The answer RRset or None (NXDOMAIN / no data); raise CheckFailed on SERVFAIL or timeout.
 
     ``shown`` names the query in a reason (default ``name``); the resolver's own error text
     is never quoted (it repeats what the servers answered)."""
@@ -420,21 +420,21 @@ async def _query(res, name: str, rdtype: str, shown: str | None = None):
         return None
     except dns.resolver.NoNameservers as exc:
         what = "SERVFAIL" if "SERVFAIL" in str(exc) else "no name server answered"
-        raise _Fail(f"{rdtype} lookup for {shown} failed ({what})") from None
+        raise CheckFailed(f"{rdtype} lookup for {shown} failed ({what})") from None
     except dns.exception.Timeout:
-        raise _Fail(f"{rdtype} lookup for {shown} timed out") from None
+        raise CheckFailed(f"{rdtype} lookup for {shown} timed out") from None
     except (dns.exception.DNSException, ValueError) as exc:
-        raise _Fail(f"{rdtype} lookup for {shown} failed ({type(exc).__name__})") from None
+        raise CheckFailed(f"{rdtype} lookup for {shown} failed ({type(exc).__name__})") from None
     return answer.rrset
 
 
-async def _addresses(res, name: str, shown: str | None = None) -> list[str]:
+async def dns_addresses(res, name: str, shown: str | None = None) -> list[str]:
     out: list[str] = []
     for rdtype in ("A", "AAAA"):
         try:
-            rrset = await _query(res, name, rdtype, shown)
-        except _Fail as exc:
-            raise _Fail(f"DNS: {exc}") from None
+            rrset = await dns_query(res, name, rdtype, shown)
+        except CheckFailed as exc:
+            raise CheckFailed(f"DNS: {exc}") from None
         if rrset is not None:
             out.extend(r.address for r in rrset)
     return out
@@ -446,7 +446,7 @@ async def check_caa(domain: str, *, resolver: tuple[str, int] | None,
     """CAA alone (for solvers whose path check is not HTTP): may one of ``ca_identities``
     issue for ``domain`` to ``account_uri`` validating by ``method`` (a challenge type)?"""
     domain = domain.rstrip(".").lower()
-    res = _resolver(resolver, timeout)
+    res = make_resolver(resolver, timeout)
     results = await asyncio.gather(
         _bounded(_check_caa(res, domain, ca_identities, account_uri, method), timeout * 4),
         return_exceptions=True)
@@ -461,7 +461,7 @@ async def _check_caa(res, domain: str, ca_identities: list[str],
     ours = {c.strip().lower().rstrip(".") for c in ca_identities}
     for i in range(len(labels)):
         name = ".".join(labels[i:])
-        rrset = await _query(res, name, "CAA")  # SERVFAIL raises: fail closed (§3)
+        rrset = await dns_query(res, name, "CAA")  # SERVFAIL raises: fail closed (§3)
         if not rrset:
             continue
         return _evaluate_caa(name, list(rrset), ours, account_uri, method,
@@ -482,7 +482,7 @@ def _evaluate_caa(name: str, records, ours: set[str], account_uri: str | None,
         elif tag == "issuewild":
             issuewild.append(r.value.decode("utf-8", "replace"))
         elif r.flags & 128 and tag != "iodef":
-            raise _Fail(f"CAA for {name} has a critical unknown property (no CA may issue)")
+            raise CheckFailed(f"CAA for {name} has a critical unknown property (no CA may issue)")
     if wildcard and issuewild:  # RFC 8659 §4.3: for a wildcard, issuewild replaces issue
         issue = issuewild
     if not issue:
@@ -501,10 +501,10 @@ def _evaluate_caa(name: str, records, ours: set[str], account_uri: str | None,
             return f"CAA for {name} allows {issuer}"
         refusals.append(refusal)
     if refusals:
-        raise _Fail(refusals[0])
+        raise CheckFailed(refusals[0])
     if not named:
-        raise _Fail(f"CAA for {name} forbids all issuance (issue \";\")")
-    raise _Fail(f"CAA for {name} allows other CAs only, not "
+        raise CheckFailed(f"CAA for {name} forbids all issuance (issue \";\")")
+    raise CheckFailed(f"CAA for {name} allows other CAs only, not "
                 f"{', '.join(sorted(ours)) or '(no CA identity configured)'}")
 
 

@@ -24,7 +24,7 @@ from certd.issuance.solvers import (
 )
 from certd.issuance.status import AcmeStatus
 from certd.model import CertificateSpec, utcnow
-from certd.preflight import _evaluate_caa, _Fail
+from certd.preflight import CheckFailed, _evaluate_caa
 from tests.certd_lab import lab_config
 
 
@@ -95,16 +95,16 @@ class _Caa:
 
 def test_caa_validationmethods_follow_the_challenge_type():
     only_dns = [_Caa("issue", "ca.example; validationmethods=dns-01")]
-    with pytest.raises(_Fail, match="exclude http-01"):
+    with pytest.raises(CheckFailed, match="exclude http-01"):
         _evaluate_caa("example.org", only_dns, {"ca.example"}, None)
     assert "allows" in _evaluate_caa("example.org", only_dns, {"ca.example"}, None, "dns-01")
-    with pytest.raises(_Fail, match="exclude dns-01"):
+    with pytest.raises(CheckFailed, match="exclude dns-01"):
         _evaluate_caa("example.org", [_Caa("issue", "ca.example; validationmethods=http-01")],
                       {"ca.example"}, None, "dns-01")
     # a wildcard: issuewild, where present, replaces issue (RFC 8659 §4.3)
     records = [_Caa("issue", "ca.example"), _Caa("issuewild", ";")]
     assert "allows" in _evaluate_caa("example.org", records, {"ca.example"}, None, "dns-01")
-    with pytest.raises(_Fail, match="forbids"):
+    with pytest.raises(CheckFailed, match="forbids"):
         _evaluate_caa("example.org", records, {"ca.example"}, None, "dns-01", wildcard=True)
 
 

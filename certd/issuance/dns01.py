@@ -277,13 +277,13 @@ class Dns01Solver:
     def _resolver(self):
         """The resolver for names outside the configured zones, as certd/preflight.py builds
         it (with its fixed-words errors)."""
-        return preflight._resolver(self.resolver, self.query_timeout)
+        return preflight.make_resolver(self.resolver, self.query_timeout)
 
     async def _resolve_cname(self, name: dns.name.Name) -> list:
         try:
-            rrset = await preflight._query(self._resolver(), name.to_text(), "CNAME",
+            rrset = await preflight.dns_query(self._resolver(), name.to_text(), "CNAME",
                                            shown="a name of the chain")
-        except preflight._Fail as exc:
+        except preflight.CheckFailed as exc:
             raise _Unusable(str(exc)) from None
         return [rrset] if rrset is not None and rrset.rdtype == dns.rdatatype.CNAME else []
 
@@ -373,9 +373,9 @@ class Dns01Solver:
         zone = self._zone_of(host)
         if zone is None:
             try:
-                return await preflight._addresses(self._resolver(), host.to_text(),
+                return await preflight.dns_addresses(self._resolver(), host.to_text(),
                                                   shown="an NS name")
-            except preflight._Fail:
+            except preflight.CheckFailed:
                 return []
         out: list[str] = []
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):

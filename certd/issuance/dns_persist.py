@@ -298,12 +298,12 @@ class DnsPersist01Solver:
 def resolver_lookup(resolver: tuple[str, int] | None, timeout: float = 5.0):
     """A `lookup` for DnsPersist01Solver through `resolver` ((ip, port); None: the system's),
     with dnspython's async resolver as certd/preflight.py builds it."""
-    res = preflight._resolver(resolver, timeout)  # its resolver and fixed-words errors
+    res = preflight.make_resolver(resolver, timeout)  # its resolver and fixed-words errors
 
     async def lookup(name: str) -> list[bytes]:
         try:
-            rrset = await preflight._query(res, name, "TXT")
-        except preflight._Fail as exc:
+            rrset = await preflight.dns_query(res, name, "TXT")
+        except preflight.CheckFailed as exc:
             raise AcmeError(f"dns-persist: {exc}", type=ERROR_TYPE, transient=True) from None
         if rrset is None:
             return []
